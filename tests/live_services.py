@@ -1,0 +1,124 @@
+"""pytest plugin: every test run gets its own real Redis, and tests that need one get a real Celery worker.
+
+Loaded with `-p tests.live_services` (see pytest.ini) so that `REDIS_URL` is set before Django reads its
+settings. The Redis is started on a free port under `var/test-redis/` and stopped when the run ends; a
+`REDIS_URL` of the environment is never used by tests.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from llmsite import localredis
+
+ROOT = Path(__file__).resolve().parent.parent
+VAR = ROOT / "var"
+
+_port = localredis.free_port()
+os.environ["REDIS_URL"] = f"redis://127.0.0.1:{_port}/0"
+# A short job time limit and a visibility timeout just above it, so a job whose worker was killed is
+# redelivered within seconds in the tests instead of after the production default.
+os.environ.setdefault("JOB_TIME_LIMIT_S", "30")
+os.environ.setdefault("CELERY_VISIBILITY_TIMEOUT_S", "35")
+os.environ.setdefault("CELERY_RESTORE_INTERVAL_S", "1")
+# Playwright's sync API runs an event loop in the test thread; the ORM calls of the tests are still sync.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+_redis: subprocess.Popen | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _redis
+    if _redis is None and not hasattr(config, "workerinput"):
+        _redis = localredis.start_redis(port=_port, data_dir=VAR / "test-redis", persistent=False)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _redis is not None:
+        localredis.stop(_redis)
+
+
+def database_url(settings_dict: dict) -> str:
+    """A DATABASE_URL for a child process that points at the database the tests are using now."""
+    engine, name = settings_dict["ENGINE"], settings_dict["NAME"]
+    if engine.endswith("sqlite3"):
+        if str(name).startswith(":memory:") or "mode=memory" in str(name):
+            raise RuntimeError("a worker process cannot share an in-memory SQLite test database")
+        return f"sqlite:///{Path(name).resolve()}"
+    user, password = settings_dict.get("USER") or "", settings_dict.get("PASSWORD") or ""
+    credentials = f"{user}:{password}@" if password else (f"{user}@" if user else "")
+    host = settings_dict.get("HOST") or "localhost"
+    port = f":{settings_dict['PORT']}" if settings_dict.get("PORT") else ""
+    return f"postgres://{credentials}{host}{port}/{name}"
+
+
+class WorkerProcess:
+    """A real `celery worker` child process with the bundled model, against the test database and Redis."""
+
+    def __init__(self, database: str, *, name: str) -> None:
+        self.database, self.name = database, name
+        self.log_path = VAR / f"test-{name}.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, *, timeout_s: float = 120.0) -> None:
+        VAR.mkdir(exist_ok=True)
+        self.log_path.write_text("")
+        env = dict(os.environ, DATABASE_URL=self.database)
+        env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "llmsite", "worker", "--pool", "threads", "--concurrency", "4",
+             "--loglevel", "INFO", "--without-gossip", "--without-mingle", "-n", f"{self.name}@%h"],
+            cwd=ROOT, env=env, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout_s
+        while "ready." not in self.log_path.read_text():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log_path.read_text()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"worker not ready in {timeout_s}s:\n{self.log_path.read_text()}")
+            time.sleep(0.2)
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: the worker gets no chance to ack, requeue or clean up."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            localredis.stop(self.process, timeout_s=30)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(django_db_setup, django_db_blocker):
+    """One worker for the session; a test that kills it restarts it (see `worker`)."""
+    from django.db import connection
+
+    with django_db_blocker.unblock():
+        url = database_url(connection.settings_dict)
+    import redis
+
+    redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()  # no messages left by unit tests
+    worker = WorkerProcess(url, name="worker1")
+    worker.start()
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def worker(celery_worker_process: WorkerProcess) -> WorkerProcess:
+    if not celery_worker_process.alive:
+        celery_worker_process.start()
+    return celery_worker_process
