@@ -1,0 +1,226 @@
+"""llmsite settings: 12-factor, every knob read from the environment, defaults that run on one machine.
+
+The small `env*` helpers reject malformed values with ImproperlyConfigured instead of guessing.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def envstr(name: str, default: str) -> str:
+    value = os.environ.get(name)
+    return default if value is None or value == "" else value
+
+
+def envbool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    if value.strip().lower() in _TRUE:
+        return True
+    if value.strip().lower() in _FALSE:
+        return False
+    raise ImproperlyConfigured(f"{name}={value!r} is not a boolean (use one of 1/0, true/false, yes/no, on/off)")
+
+
+def envint(name: str, default: int, *, minimum: int | None = None) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={value!r} is not an integer") from None
+    if minimum is not None and number < minimum:
+        raise ImproperlyConfigured(f"{name}={number} must be at least {minimum}")
+    return number
+
+
+def envfloat(name: str, default: float, *, minimum: float | None = None) -> float:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={value!r} is not a number") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ImproperlyConfigured(f"{name}={value!r} is not a finite number")
+    if minimum is not None and number < minimum:
+        raise ImproperlyConfigured(f"{name}={number} must be at least {minimum}")
+    return number
+
+
+def envlist(name: str, default: list[str]) -> list[str]:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+# --- Paths -------------------------------------------------------------------------------------------------
+VAR_DIR = Path(envstr("LLMSITE_VAR_DIR", str(BASE_DIR / "var")))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+# --- Core --------------------------------------------------------------------------------------------------
+SECRET_KEY = envstr("SECRET_KEY", "dev-only-insecure-secret-key-change-me-in-production")
+DEBUG = envbool("DEBUG", False)
+ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    # generation first: its commands (generate) win over a same-named one of modelzoo.
+    "generation",
+    "modelzoo",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "llmsite.urls"
+WSGI_APPLICATION = "llmsite.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database ----------------------------------------------------------------------------------------------
+# DATABASE_URL (e.g. postgres://user:pass@host/db) in production; a SQLite file under var/ by default.
+DATABASES = {
+    "default": dj_database_url.parse(
+        envstr("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}"),
+        conn_max_age=envint("DATABASE_CONN_MAX_AGE", 0, minimum=0),
+    )
+}
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # WAL lets the web server read while a worker writes; IMMEDIATE takes the write lock up front so
+    # concurrent writers wait (timeout) instead of failing with "database is locked" mid-transaction.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
+            "transaction_mode": "IMMEDIATE",
+            "timeout": envint("SQLITE_TIMEOUT_S", 20, minimum=1),
+        }
+    )
+    # A file (not :memory:) so that worker processes started by the tests can share the test database.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Auth --------------------------------------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/jobs/new/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
+
+# --- I18N / static -----------------------------------------------------------------------------------------
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = envstr("TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+# Serve app static files straight from the finders unless `collectstatic` was run for production.
+WHITENOISE_USE_FINDERS = envbool("WHITENOISE_USE_FINDERS", True)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "INFO"}},
+}
+
+# --- Jobs --------------------------------------------------------------------------------------------------
+# The hard limit of one generation; enforced by Engine.generate(deadline=...) because Celery's own time
+# limits do nothing in the threads pool the workers use.
+JOB_TIME_LIMIT_S = envint("JOB_TIME_LIMIT_S", 600, minimum=1)
+# How many deliveries a job may get: a redelivered running job (its worker died) is re-claimed while its
+# attempts are below this, and failed "worker lost N times" after.
+JOB_MAX_ATTEMPTS = envint("JOB_MAX_ATTEMPTS", 3, minimum=1)
+JOBS_PER_PAGE = envint("JOBS_PER_PAGE", 20, minimum=1)
+# Jobs one worker process runs at once; they share the resident Engine's batch (used by runsite).
+WORKER_CONCURRENCY = envint("WORKER_CONCURRENCY", 4, minimum=1)
+ENGINE_MAX_BATCH_SIZE = envint("ENGINE_MAX_BATCH_SIZE", 16, minimum=1)
+# None = CUDA when present, else CPU.
+ENGINE_DEVICE = os.environ.get("ENGINE_DEVICE") or None
+HEALTHZ_TIMEOUT_S = envfloat("HEALTHZ_TIMEOUT_S", 1.0, minimum=0.1)
+
+# --- Redis / Celery ----------------------------------------------------------------------------------------
+# REDIS_URL when set; otherwise the local Redis that `manage.py runsite` starts on LLMSITE_REDIS_PORT.
+LOCAL_REDIS_PORT = envint("LLMSITE_REDIS_PORT", 6389, minimum=1)
+REDIS_URL = envstr("REDIS_URL", f"redis://127.0.0.1:{LOCAL_REDIS_PORT}/0")
+BROKER_CONNECT_TIMEOUT_S = envfloat("BROKER_CONNECT_TIMEOUT_S", 2.0, minimum=0.1)
+
+# A message not acked within the visibility timeout is redelivered, so it must outlast the longest job.
+CELERY_VISIBILITY_TIMEOUT_S = envint("CELERY_VISIBILITY_TIMEOUT_S", JOB_TIME_LIMIT_S + 60, minimum=1)
+if CELERY_VISIBILITY_TIMEOUT_S <= JOB_TIME_LIMIT_S:
+    raise ImproperlyConfigured(
+        f"CELERY_VISIBILITY_TIMEOUT_S={CELERY_VISIBILITY_TIMEOUT_S} must exceed JOB_TIME_LIMIT_S={JOB_TIME_LIMIT_S}, "
+        "or running jobs are delivered twice"
+    )
+CELERY_RESTORE_INTERVAL_S = envint("CELERY_RESTORE_INTERVAL_S", 10, minimum=1)
+
+CELERY_BROKER_URL = REDIS_URL
+CELERY_BROKER_CONNECTION_TIMEOUT = BROKER_CONNECT_TIMEOUT_S
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": CELERY_VISIBILITY_TIMEOUT_S,
+    "unacked_restore_interval": CELERY_RESTORE_INTERVAL_S,
+    "unacked_restore_throttle": 1,
+    "socket_connect_timeout": BROKER_CONNECT_TIMEOUT_S,
+    "socket_timeout": envfloat("BROKER_SOCKET_TIMEOUT_S", 10.0, minimum=0.1),
+    # Publishing: give up after a short retry so a dead Redis fails the submit fast.
+    "max_retries": 1,
+}
+CELERY_TASK_PUBLISH_RETRY = True
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
