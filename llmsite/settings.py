@@ -160,7 +160,8 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "/static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = Path(envstr("STATIC_ROOT", str(VAR_DIR / "staticfiles")))
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 # Serve app static files straight from the finders unless `collectstatic` was run for production.
 WHITENOISE_USE_FINDERS = envbool("WHITENOISE_USE_FINDERS", True)
 

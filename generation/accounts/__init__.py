@@ -1,0 +1,1 @@
+"""Sign in, sign out and sign up: Django's auth views plus a small signup view."""

@@ -1,0 +1,57 @@
+"""Liveness checks behind /healthz: the database, Redis and the Celery workers, each with a short timeout."""
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.db import connection
+
+
+def check_database() -> dict[str, Any]:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+    except Exception as exc:
+        return {"ok": False, "error": str(exc)}
+    return {"ok": True}
+
+
+def check_redis() -> dict[str, Any]:
+    timeout = settings.HEALTHZ_TIMEOUT_S
+    try:
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=timeout, socket_timeout=timeout)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except Exception as exc:
+        return {"ok": False, "error": str(exc)}
+    return {"ok": True}
+
+
+def check_workers() -> dict[str, Any]:
+    """`celery inspect ping` with a short timeout: ok when at least one worker answers."""
+    from llmsite.celery import app
+
+    try:
+        with app.connection_for_write() as conn:
+            replies = app.control.inspect(timeout=settings.HEALTHZ_TIMEOUT_S, connection=conn).ping() or {}
+    except Exception as exc:
+        return {"ok": False, "count": 0, "names": [], "error": str(exc)}
+    names = sorted(replies)
+    result: dict[str, Any] = {"ok": bool(names), "count": len(names), "names": names}
+    if not names:
+        result["error"] = "no worker answered"
+    return result
+
+
+def health() -> tuple[bool, dict[str, Any]]:
+    checks = {"database": check_database(), "redis": check_redis()}
+    # Without Redis no worker can answer; skip the broadcast instead of waiting for its timeout.
+    checks["workers"] = check_workers() if checks["redis"]["ok"] else {
+        "ok": False, "count": 0, "names": [], "error": "redis is down",
+    }
+    ok = all(check["ok"] for check in checks.values())
+    return ok, {"status": "ok" if ok else "fail", **checks}

@@ -1,0 +1,94 @@
+"""`manage.py generate PROMPT`: one generation through the same prompt builders, pool and engine the workers use."""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from generation import prompts
+from modelzoo import pool
+from modelzoo.models import Checkpoint
+
+
+class Command(BaseCommand):
+    help = "Generate once with a checkpoint (the default one unless --checkpoint) and print the text or JSON."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("prompt")
+        parser.add_argument("--checkpoint", help="checkpoint name (default: the default checkpoint)")
+        parser.add_argument(
+            "--task", default=prompts.CHAT, choices=[prompts.CODE, prompts.QA, prompts.SUMMARIZE, prompts.CHAT],
+            help="prompt builder; chat = the checkpoint's chat template with only the user message",
+        )
+        parser.add_argument("--temperature", type=float)
+        parser.add_argument("--max-tokens", type=int)
+        parser.add_argument("--seed", type=int)
+        parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        from modelzoo.engine import SamplingParams
+
+        checkpoint = self._checkpoint(options["checkpoint"])
+        task = options["task"]
+        defaults = prompts.TASK_DEFAULTS[task]
+        temperature = defaults.temperature if options["temperature"] is None else options["temperature"]
+        max_tokens = defaults.max_tokens if options["max_tokens"] is None else options["max_tokens"]
+        if temperature < 0:
+            raise CommandError("--temperature must be >= 0")
+        if max_tokens < 1:
+            raise CommandError("--max-tokens must be >= 1")
+        params = SamplingParams(
+            temperature=temperature,
+            top_k=defaults.top_k if task != prompts.CHAT else 0,
+            top_p=defaults.top_p,
+            repetition_penalty=defaults.repetition_penalty,
+            seed=options["seed"],
+            max_tokens=max_tokens,
+        )
+        info = pool.checkpoint_info(checkpoint)
+        prompt_ids = prompts.prompt_token_ids(info=info, task=task, prompt=options["prompt"])
+        window = int(info.config.max_seq_len)
+        if len(prompt_ids) + max_tokens > window:
+            raise CommandError(
+                f"prompt ({len(prompt_ids)} tokens) + max tokens ({max_tokens}) exceed the {window}-token context"
+            )
+        load_started = time.monotonic()
+        engine = pool.engine_for(checkpoint)
+        load_s = time.monotonic() - load_started
+        result = engine.generate(prompt_ids, params)
+        if options["json"]:
+            self.stdout.write(json.dumps({
+                "checkpoint": checkpoint.name,
+                "task": task,
+                "text": result.text,
+                "prompt_token_ids": list(result.prompt_token_ids),
+                "token_ids": list(result.token_ids),
+                "finish_reason": result.finish_reason,
+                "ttft_s": result.ttft_s,
+                "elapsed_s": result.elapsed_s,
+                "tokens_per_s": result.tokens_per_s,
+                "batch_size": result.batch_size,
+                "load_s": load_s,
+                "params": {"temperature": temperature, "max_tokens": max_tokens, "seed": options["seed"]},
+            }))
+        else:
+            self.stdout.write(result.text)
+            self.stderr.write(
+                f"[{checkpoint.name}: {len(result.prompt_token_ids)} prompt tokens, {len(result.token_ids)} new, "
+                f"ttft {result.ttft_s:.2f} s, {result.tokens_per_s:.1f} tokens/s, {result.finish_reason}]"
+            )
+
+    @staticmethod
+    def _checkpoint(name: str | None) -> Checkpoint:
+        if name:
+            checkpoint = Checkpoint.objects.ready().filter(name=name).first()
+            if checkpoint is None:
+                names = ", ".join(Checkpoint.objects.ready().values_list("name", flat=True)) or "none"
+                raise CommandError(f"no ready checkpoint named {name!r} (ready: {names})")
+            return checkpoint
+        checkpoint = Checkpoint.default()
+        if checkpoint is None:
+            raise CommandError("no ready checkpoint; run migrate (it adds the bundled one)")
+        return checkpoint

@@ -1,0 +1,138 @@
+"""Jobs: one prompt of one user, run once by a worker. Derived values of one job are methods here."""
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.conf import settings
+from django.db import models
+from django.urls import reverse
+
+
+class Job(models.Model):
+    class Task(models.TextChoices):
+        CODE = "code", "Code generation"
+        QA = "qa", "Question answering"
+        SUMMARIZE = "summarize", "Summarization"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    FINISHED_STATUSES = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
+    task = models.CharField(max_length=20, choices=Task.choices)
+    prompt = models.TextField()
+    context = models.TextField(blank=True, help_text="Source text a QA answer must come from")
+    options = models.JSONField(default=dict, blank=True, help_text='Per-task options: {"language": ...} or {"length": ...}')
+
+    temperature = models.FloatField(default=0.0)
+    top_p = models.FloatField(default=1.0)
+    top_k = models.PositiveIntegerField(default=0)
+    max_tokens = models.PositiveIntegerField(default=256)
+    seed = models.BigIntegerField(null=True, blank=True)
+    repetition_penalty = models.FloatField(default=1.0)
+
+    checkpoint = models.ForeignKey("modelzoo.Checkpoint", on_delete=models.PROTECT, related_name="jobs")
+
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    output = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    finish_reason = models.CharField(max_length=20, blank=True)
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    batch_size = models.PositiveIntegerField(null=True, blank=True, help_text="Largest batch the job ran in")
+    decode_s = models.FloatField(null=True, blank=True, help_text="Seconds of decoding after the first token")
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    first_token_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["owner", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"Job {self.pk} ({self.task}, {self.status})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("generation:job_detail", args=[self.pk])
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED_STATUSES
+
+    @property
+    def is_cancellable(self) -> bool:
+        return self.status in (self.Status.QUEUED, self.Status.RUNNING)
+
+    def ttft(self) -> float | None:
+        """Seconds from the start of the run to the first generated token."""
+        if self.started_at is None or self.first_token_at is None:
+            return None
+        return max(0.0, (self.first_token_at - self.started_at).total_seconds())
+
+    def queue_wait(self) -> float | None:
+        if self.started_at is None:
+            return None
+        return max(0.0, (self.started_at - self.created_at).total_seconds())
+
+    def duration(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return max(0.0, (self.finished_at - self.started_at).total_seconds())
+
+    def tokens_per_s(self) -> float | None:
+        """Decode speed after the first token, as the engine measured it."""
+        if not self.completion_tokens or self.completion_tokens < 2 or not self.decode_s:
+            return None
+        return (self.completion_tokens - 1) / self.decode_s
+
+    def language(self) -> str:
+        return str(self.options.get("language", "")) if self.task == self.Task.CODE else ""
+
+    def length(self) -> str:
+        return str(self.options.get("length", "")) if self.task == self.Task.SUMMARIZE else ""
+
+    def to_dict(self) -> dict:
+        """The job's state as the JSON endpoint returns it."""
+
+        def iso(value: datetime | None) -> str | None:
+            return value.isoformat() if value else None
+
+        return {
+            "id": self.pk,
+            "task": self.task,
+            "status": self.status,
+            "is_finished": self.is_finished,
+            "prompt": self.prompt,
+            "context": self.context,
+            "options": self.options,
+            "checkpoint": self.checkpoint.name,
+            "params": {
+                "temperature": self.temperature,
+                "top_p": self.top_p,
+                "top_k": self.top_k,
+                "max_tokens": self.max_tokens,
+                "seed": self.seed,
+                "repetition_penalty": self.repetition_penalty,
+            },
+            "output": self.output,
+            "error": self.error,
+            "finish_reason": self.finish_reason,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "attempts": self.attempts,
+            "batch_size": self.batch_size,
+            "ttft_s": self.ttft(),
+            "tokens_per_s": self.tokens_per_s(),
+            "created_at": iso(self.created_at),
+            "started_at": iso(self.started_at),
+            "first_token_at": iso(self.first_token_at),
+            "finished_at": iso(self.finished_at),
+        }

@@ -1,0 +1,26 @@
+"""Reads of the generation app."""
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Q, QuerySet
+from django.shortcuts import get_object_or_404
+
+from generation.models import Job
+
+
+def job_list_for_user(*, user: Any, task: str = "", status: str = "", q: str = "") -> QuerySet[Job]:
+    """The user's jobs, newest first, optionally filtered by task, status and a search in the prompt."""
+    jobs = Job.objects.filter(owner=user).select_related("checkpoint").order_by("-created_at", "-id")
+    if task:
+        jobs = jobs.filter(task=task)
+    if status:
+        jobs = jobs.filter(status=status)
+    if q.strip():
+        jobs = jobs.filter(Q(prompt__icontains=q.strip()))
+    return jobs
+
+
+def job_get_for_user(*, user: Any, job_id: int) -> Job:
+    """The user's job; Http404 for a job of anybody else, exactly as for one that does not exist."""
+    return get_object_or_404(Job.objects.select_related("checkpoint"), pk=job_id, owner=user)

@@ -1,0 +1,301 @@
+"""Writes of the generation app: create, run, cancel and delete jobs. Views, tasks, admin and tests call these."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from generation import prompts
+from generation.models import Job
+from modelzoo import pool
+from modelzoo.models import Checkpoint
+
+logger = logging.getLogger(__name__)
+
+#: How often a running job writes its partial output and checks whether it was cancelled or deleted.
+PROGRESS_INTERVAL_S = 1.0
+
+
+# --- create --------------------------------------------------------------------------------------------------
+
+
+def job_create(
+    *,
+    owner: Any,
+    task: str,
+    prompt: str,
+    checkpoint: Checkpoint,
+    context: str = "",
+    options: dict | None = None,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    max_tokens: int = 256,
+    seed: int | None = None,
+    repetition_penalty: float = 1.0,
+    prompt_tokens: int | None = None,
+) -> Job:
+    """Create a queued job and enqueue it once the transaction commits.
+
+    Input is trusted (JobForm validated it). When the broker cannot be reached the job is failed with the
+    reason right away and the returned object says so (`status == failed`, `error`), so the caller can tell
+    the user; a job is never left queued without a message behind it.
+    """
+    with transaction.atomic():
+        job = Job.objects.create(
+            owner=owner,
+            task=task,
+            prompt=prompt,
+            context=context,
+            options=options or {},
+            checkpoint=checkpoint,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            max_tokens=max_tokens,
+            seed=seed,
+            repetition_penalty=repetition_penalty,
+            prompt_tokens=prompt_tokens,
+        )
+        transaction.on_commit(lambda: job_enqueue(job=job))
+    return job
+
+
+def job_enqueue(*, job: Job) -> bool:
+    """Publish the job's Celery message; on a broker error fail the job with the reason. True when queued."""
+    from generation.tasks import run_job
+    from llmsite.celery import app
+
+    try:
+        # A fresh connection per submit: cheap, and it always uses the configured broker URL. Publishing
+        # retries briefly (CELERY_TASK_PUBLISH_RETRY_POLICY) and then raises, so a dead Redis fails fast.
+        with app.connection_for_write() as connection:
+            run_job.apply_async(args=[job.pk], connection=connection)
+    except Exception as exc:  # kombu OperationalError, redis ConnectionError, socket errors...
+        logger.warning("Could not queue job %s: %s", job.pk, exc)
+        reason = f"Could not queue the job: the job queue (Redis) is unreachable ({exc}). Please try again later."
+        now = timezone.now()
+        Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(
+            status=Job.Status.FAILED, error=reason, finished_at=now
+        )
+        job.status, job.error, job.finished_at = Job.Status.FAILED, reason, now
+        return False
+    return True
+
+
+# --- run (worker side) ---------------------------------------------------------------------------------------
+
+
+def job_claim(*, job_id: int, redelivered: bool = False) -> Job | None:
+    """Take the job for this delivery with a conditional UPDATE; None when there is nothing to do.
+
+    - queued -> running (attempts + 1): the normal case.
+    - running and `redelivered` (the broker gave the message again because its worker died without acking):
+      re-claimed with attempts + 1 while attempts < JOB_MAX_ATTEMPTS, else failed "worker lost N times".
+    - anything else (a duplicate delivery while the first one runs, a finished, cancelled or deleted job): None.
+    """
+    now = timezone.now()
+    claimed = Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(
+        status=Job.Status.RUNNING, attempts=F("attempts") + 1, started_at=now
+    )
+    if not claimed and redelivered:
+        claimed = Job.objects.filter(
+            pk=job_id, status=Job.Status.RUNNING, attempts__lt=settings.JOB_MAX_ATTEMPTS
+        ).update(attempts=F("attempts") + 1, started_at=now, first_token_at=None, output="")
+        if not claimed:
+            _job_fail_lost(job_id=job_id)
+    if not claimed:
+        return None
+    return Job.objects.select_related("checkpoint").get(pk=job_id)
+
+
+def _job_fail_lost(*, job_id: int) -> None:
+    job = Job.objects.filter(pk=job_id, status=Job.Status.RUNNING).first()
+    if job is None or job.attempts < settings.JOB_MAX_ATTEMPTS:
+        return
+    Job.objects.filter(pk=job_id, status=Job.Status.RUNNING, attempts=job.attempts).update(
+        status=Job.Status.FAILED,
+        error=f"worker lost {job.attempts} times; giving up",
+        finished_at=timezone.now(),
+    )
+    logger.error("Job %s failed: worker lost %s times", job_id, job.attempts)
+
+
+@dataclass
+class _Progress:
+    """What the engine reports while it runs (called from its threads): text so far, first-token time, cancel flag."""
+
+    pieces: list[str] = field(default_factory=list)
+    first_token_at: datetime | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def on_token(self, piece: str) -> None:
+        with self.lock:
+            if self.first_token_at is None:
+                self.first_token_at = timezone.now()
+            self.pieces.append(piece)
+
+    def snapshot(self) -> tuple[str, int, datetime | None]:
+        with self.lock:
+            return "".join(self.pieces), len(self.pieces), self.first_token_at
+
+
+def _job_progress_save(*, job: Job, progress: _Progress) -> bool:
+    """Write the partial output; False when the job is no longer ours (cancelled, deleted, re-claimed)."""
+    text, count, first_token_at = progress.snapshot()
+    fields: dict[str, Any] = {"output": text, "completion_tokens": count}
+    if first_token_at is not None:
+        fields["first_token_at"] = first_token_at
+    return bool(
+        Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, attempts=job.attempts).update(**fields)
+    )
+
+
+def _sampling_params(job: Job):
+    from modelzoo.engine import SamplingParams
+
+    return SamplingParams(
+        temperature=job.temperature,
+        top_k=job.top_k,
+        top_p=job.top_p,
+        repetition_penalty=job.repetition_penalty,
+        seed=job.seed,
+        max_tokens=job.max_tokens,
+    )
+
+
+def _generate_watched(
+    *, job: Job, engine: Any, prompt_ids: list[int], params: Any, deadline: float
+) -> tuple[Any, datetime | None]:
+    """Run Engine.generate in a helper thread while this thread saves progress and watches for cancellation.
+
+    All database access stays in the calling (task) thread; the engine's callbacks only touch memory.
+    Returns the GenerationResult and the wall-clock time the first token arrived (None if none did).
+    """
+    progress = _Progress()
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = engine.generate(
+                prompt_ids,
+                params,
+                on_token=progress.on_token,
+                should_cancel=progress.cancel.is_set,
+                deadline=deadline,
+            )
+        except BaseException as exc:  # re-raised in the task thread below
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"job-{job.pk}", daemon=True)
+    thread.start()
+    while True:
+        thread.join(timeout=PROGRESS_INTERVAL_S)
+        if not thread.is_alive():
+            break
+        if not progress.cancel.is_set() and not _job_progress_save(job=job, progress=progress):
+            progress.cancel.set()
+    if "error" in box:
+        raise box["error"]
+    return box["result"], progress.snapshot()[2]
+
+
+def job_run(*, job_id: int, redelivered: bool = False) -> Job | None:
+    """Claim the job, generate with the resident engine, and store output, token counts and timings.
+
+    Any error fails the job with the reason. The time limit (JOB_TIME_LIMIT_S, counted from the claim) is
+    passed to the engine as a deadline: Celery's own time limits do nothing in the threads pool.
+    Returns the finished job, or None when this delivery had nothing to do.
+    """
+    job = job_claim(job_id=job_id, redelivered=redelivered)
+    if job is None:
+        logger.info("Job %s: nothing to do for this delivery", job_id)
+        return None
+    deadline = time.monotonic() + settings.JOB_TIME_LIMIT_S
+    only_ours = Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, attempts=job.attempts)
+    try:
+        engine = pool.engine_for(job.checkpoint)
+        info = pool.checkpoint_info(job.checkpoint)
+        prompt_ids = prompts.prompt_token_ids(
+            info=info, task=job.task, prompt=job.prompt, context=job.context, options=job.options
+        )
+        params = _sampling_params(job)
+        generation_started = timezone.now()
+        result, first_token_seen = _generate_watched(
+            job=job, engine=engine, prompt_ids=prompt_ids, params=params, deadline=deadline
+        )
+    except Exception as exc:
+        logger.exception("Job %s failed", job.pk)
+        only_ours.update(status=Job.Status.FAILED, error=f"{type(exc).__name__}: {exc}", finished_at=timezone.now())
+        return Job.objects.filter(pk=job.pk).first()
+
+    status, error = Job.Status.SUCCEEDED, ""
+    if result.finish_reason == "timeout":
+        status, error = Job.Status.FAILED, f"time limit exceeded ({settings.JOB_TIME_LIMIT_S} s)"
+    elif result.finish_reason == "cancelled":
+        status = Job.Status.CANCELLED
+    completion_tokens = len(result.token_ids)
+    first_token_at = None
+    if completion_tokens:
+        first_token_at = first_token_seen or generation_started + timedelta(seconds=result.ttft_s)
+    only_ours.update(
+        status=status,
+        error=error,
+        output=result.text,
+        finish_reason=result.finish_reason,
+        prompt_tokens=len(result.prompt_token_ids),
+        completion_tokens=completion_tokens,
+        batch_size=result.batch_size,
+        first_token_at=first_token_at,
+        decode_s=max(result.elapsed_s - result.ttft_s, 0.0) if completion_tokens else None,
+        finished_at=timezone.now(),
+    )
+    return Job.objects.filter(pk=job.pk).first()
+
+
+# --- user actions --------------------------------------------------------------------------------------------
+
+
+def job_cancel(*, job: Job) -> bool:
+    """Cancel a queued or running job (a running one stops at the engine's next step). True when it changed."""
+    now = timezone.now()
+    changed = Job.objects.filter(pk=job.pk, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).update(
+        status=Job.Status.CANCELLED, finished_at=now, error="cancelled by the user"
+    )
+    if changed:
+        job.refresh_from_db()
+    return bool(changed)
+
+
+def job_delete(*, job: Job) -> None:
+    """Delete the job; if a worker is running it, the worker notices within a second and stops generating."""
+    job.delete()
+
+
+def job_rerun_initial(*, job: Job) -> dict[str, Any]:
+    """Initial data for the new-job form that repeats `job` (its checkpoint only while it is still ready)."""
+    initial: dict[str, Any] = {
+        "task": job.task,
+        "prompt": job.prompt,
+        "context": job.context,
+        "language": job.options.get("language", prompts.DEFAULT_LANGUAGE),
+        "length": job.options.get("length", prompts.DEFAULT_LENGTH),
+        "temperature": job.temperature,
+        "top_p": job.top_p,
+        "top_k": job.top_k,
+        "max_tokens": job.max_tokens,
+        "seed": job.seed,
+        "repetition_penalty": job.repetition_penalty,
+    }
+    if job.checkpoint.is_ready:
+        initial["checkpoint"] = job.checkpoint.pk
+    return initial

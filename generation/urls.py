@@ -1,0 +1,14 @@
+from django.urls import path
+
+from generation import views
+
+app_name = "generation"
+
+urlpatterns = [
+    path("jobs/new/", views.job_new, name="job_new"),
+    path("jobs/", views.job_list, name="job_list"),
+    path("jobs/<int:job_id>/", views.job_detail, name="job_detail"),
+    path("jobs/<int:job_id>.json", views.job_json, name="job_json"),
+    path("jobs/<int:job_id>/delete/", views.job_delete, name="job_delete"),
+    path("jobs/<int:job_id>/cancel/", views.job_cancel, name="job_cancel"),
+]
