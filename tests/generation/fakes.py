@@ -1,0 +1,70 @@
+"""Stand-ins for the engine in service tests that check the job's bookkeeping, not the model."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+@dataclass
+class FakeResult:
+    text: str = "Paris."
+    prompt_token_ids: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
+    token_ids: list[int] = field(default_factory=lambda: [10, 11, 12])
+    finish_reason: str = "stop"
+    ttft_s: float = 0.25
+    elapsed_s: float = 1.25
+    tokens_per_s: float = 2.0
+    batch_size: int = 3
+
+
+class FakeTokenizer:
+    def encode(self, text: str) -> list[int]:
+        return [ord(c) for c in text]
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(chr(i) for i in ids)
+
+
+class FakeChatTemplate:
+    def __init__(self) -> None:
+        self.rendered: list[list[dict[str, str]]] = []
+
+    def render(self, messages: list[dict[str, str]], *, add_generation_prompt: bool = True) -> str:
+        self.rendered.append(messages)
+        body = "".join(f"<{m['role']}>{m['content']}</{m['role']}>" for m in messages)
+        return body + ("<assistant>" if add_generation_prompt else "")
+
+
+@dataclass
+class FakeConfig:
+    max_seq_len: int = 2048
+
+
+@dataclass
+class FakeInfo:
+    config: FakeConfig = field(default_factory=FakeConfig)
+    tokenizer: FakeTokenizer = field(default_factory=FakeTokenizer)
+    chat_template: FakeChatTemplate = field(default_factory=FakeChatTemplate)
+
+
+class FakeEngine:
+    """Records each generate() call and answers with `result`, or runs `behaviour(**call)` instead."""
+
+    def __init__(self, result: FakeResult | None = None, behaviour: Callable[..., Any] | None = None) -> None:
+        self.result = result or FakeResult()
+        self.behaviour = behaviour
+        self.calls: list[dict[str, Any]] = []
+
+    def generate(self, prompt_ids, params, *, on_token=None, should_cancel=None, deadline=None):
+        call = {"prompt_ids": prompt_ids, "params": params, "on_token": on_token,
+                "should_cancel": should_cancel, "deadline": deadline, "called_at": time.monotonic()}
+        self.calls.append(call)
+        if self.behaviour is not None:
+            return self.behaviour(**call)
+        if on_token is not None:
+            on_token(self.result.text)
+        return self.result
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,55 @@
+"""/healthz: database, Redis and worker liveness as JSON; 200 only when all are up."""
+from __future__ import annotations
+
+import pytest
+
+from llmsite.celery import app as celery_app
+from llmsite.localredis import free_port
+
+pytestmark = pytest.mark.django_db
+
+
+class FakeInspect:
+    def __init__(self, replies):
+        self.replies = replies
+
+    def ping(self):
+        return self.replies
+
+
+def test_it_is_ok_when_everything_answers(client, monkeypatch):
+    monkeypatch.setattr(celery_app.control, "inspect",
+                        lambda **kwargs: FakeInspect({"worker1@host": {"ok": "pong"}}))
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {
+        "status": "ok",
+        "database": {"ok": True},
+        "redis": {"ok": True},
+        "workers": {"ok": True, "count": 1, "names": ["worker1@host"]},
+    }
+
+
+def test_it_fails_without_workers(client, settings):
+    settings.HEALTHZ_TIMEOUT_S = 0.3
+    response = client.get("/healthz")  # the test Redis is real; no worker is running
+    assert response.status_code == 503
+    data = response.json()
+    assert data["status"] == "fail"
+    assert data["redis"] == {"ok": True}
+    assert data["workers"] == {"ok": False, "count": 0, "names": [], "error": "no worker answered"}
+
+
+def test_it_fails_when_redis_is_down(client, settings):
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    data = response.json()
+    assert data["database"] == {"ok": True}
+    assert data["redis"]["ok"] is False and data["redis"]["error"]
+    assert data["workers"]["ok"] is False
+
+
+def test_it_needs_no_login_and_only_get(client):
+    assert client.post("/healthz").status_code == 405
