@@ -1,7 +1,18 @@
-"""Celery tasks: thin wrappers over services. Arguments are ids, never ORM objects."""
+"""Celery tasks: thin wrappers over services. Arguments are ids, never ORM objects.
+
+Also the worker-side wiring of the model pool: the default checkpoint is preloaded in the background when a
+worker starts (WORKER_PRELOAD_DEFAULT), and resident engines are closed when it shuts down.
+"""
 from __future__ import annotations
 
+import logging
+import threading
+from typing import Any
+
 from celery import shared_task
+from celery.signals import worker_ready, worker_shutdown
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(bind=True, acks_late=True, name="generation.run_job", ignore_result=True)
@@ -12,3 +23,36 @@ def run_job(self, job_id: int) -> None:
 
     delivery_info = self.request.delivery_info or {}
     job_run(job_id=job_id, redelivered=bool(delivery_info.get("redelivered")))
+
+
+def preload_default_checkpoint() -> None:
+    """Load the default checkpoint into this process's pool (the first job then finds it resident)."""
+    from django.db import close_old_connections
+
+    from modelzoo import pool
+    from modelzoo.models import Checkpoint
+
+    try:
+        checkpoint = Checkpoint.default()
+        if checkpoint is not None:
+            pool.engine_for(checkpoint)
+            logger.info("Checkpoint %s is resident", checkpoint.name)
+    except Exception:
+        logger.exception("Preloading the default checkpoint failed; jobs will load it on demand")
+    finally:
+        close_old_connections()
+
+
+@worker_ready.connect
+def _preload_on_worker_ready(**kwargs: Any) -> None:
+    from django.conf import settings
+
+    if settings.WORKER_PRELOAD_DEFAULT:
+        threading.Thread(target=preload_default_checkpoint, name="preload-default", daemon=True).start()
+
+
+@worker_shutdown.connect
+def _close_engines_on_shutdown(**kwargs: Any) -> None:
+    from modelzoo import pool
+
+    pool.clear()

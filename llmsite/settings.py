@@ -183,6 +183,8 @@ JOB_MAX_ATTEMPTS = envint("JOB_MAX_ATTEMPTS", 3, minimum=1)
 JOBS_PER_PAGE = envint("JOBS_PER_PAGE", 20, minimum=1)
 # Jobs one worker process runs at once; they share the resident Engine's batch (used by runsite).
 WORKER_CONCURRENCY = envint("WORKER_CONCURRENCY", 4, minimum=1)
+# Load the default checkpoint when a worker starts, in the background, instead of on the first job.
+WORKER_PRELOAD_DEFAULT = envbool("WORKER_PRELOAD_DEFAULT", True)
 ENGINE_MAX_BATCH_SIZE = envint("ENGINE_MAX_BATCH_SIZE", 16, minimum=1)
 # None = CUDA when present, else CPU.
 ENGINE_DEVICE = os.environ.get("ENGINE_DEVICE") or None

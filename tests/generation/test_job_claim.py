@@ -108,3 +108,12 @@ def test_it_passes_the_redelivered_flag_from_the_task(monkeypatch):
 def test_the_task_acks_late():
     assert run_job.acks_late is True
     assert run_job.name == "generation.run_job"
+
+
+def test_the_worker_preloads_the_default_checkpoint(monkeypatch, checkpoint):
+    from generation.tasks import preload_default_checkpoint
+
+    loaded = []
+    monkeypatch.setattr("modelzoo.pool.engine_for", lambda ckpt: loaded.append(ckpt.pk))
+    preload_default_checkpoint()
+    assert loaded == [checkpoint.pk]

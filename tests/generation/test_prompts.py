@@ -83,3 +83,13 @@ def test_it_leaves_the_system_prompt_of_a_chat_to_the_template(checkpoint):
     text = prompts.render_prompt(chat_template=info.chat_template, task="chat", prompt="hi")
     assert text == ("<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face"
                     "<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+
+
+@pytest.mark.django_db
+def test_it_encodes_the_template_markers_as_special_tokens(checkpoint):
+    info = pool.checkpoint_info(checkpoint)
+    ids = prompts.prompt_token_ids(info=info, task="chat", prompt="hi")
+    im_start = info.tokenizer.encode("<|im_start|>")
+    assert len(im_start) == 1
+    assert ids[0] == im_start[0]
+    assert ids.count(im_start[0]) == 3  # system, user, assistant
