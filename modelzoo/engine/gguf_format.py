@@ -1,0 +1,158 @@
+"""GGUF adapter: metadata (config, tokenizer, chat template) and tensors (state dict).
+
+Everything goes through the `gguf` package: its memory-mapping reader and its
+dequantizers. Reading metadata touches no tensor data.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+GGUF_MAGIC = b"GGUF"
+
+log = logging.getLogger(__name__)
+
+
+def is_gguf(path: str | Path) -> bool:
+    path = Path(path)
+    if not path.is_file():
+        return False
+    with path.open("rb") as f:
+        return f.read(4) == GGUF_MAGIC
+
+
+def open_reader(path: str | Path) -> Any:
+    import gguf
+
+    return gguf.GGUFReader(str(path), "r")
+
+
+def read_metadata(reader: Any) -> dict[str, Any]:
+    """All key/value fields as plain Python values (str, int, float, bool, lists)."""
+    meta: dict[str, Any] = {}
+    for name, field in reader.fields.items():
+        if name.startswith("GGUF."):
+            continue
+        meta[name] = field.contents()
+    return meta
+
+
+def architecture(meta: dict[str, Any]) -> str:
+    return str(meta["general.architecture"])
+
+
+def config_kwargs(meta: dict[str, Any]) -> dict[str, Any]:
+    """ModelConfig keyword arguments from llama.cpp metadata keys (llama, qwen2, mistral...)."""
+    arch = architecture(meta)
+
+    def key(name: str, default: Any = None) -> Any:
+        return meta.get(f"{arch}.{name}", default)
+
+    dim = int(key("embedding_length"))
+    n_heads = int(key("attention.head_count"))
+    vocab_size = key("vocab_size")
+    if vocab_size is None:
+        vocab_size = len(meta["tokenizer.ggml.tokens"])
+    return dict(
+        arch=arch,
+        vocab_size=int(vocab_size),
+        dim=dim,
+        n_layers=int(key("block_count")),
+        n_heads=n_heads,
+        n_kv_heads=int(key("attention.head_count_kv", n_heads)),
+        hidden_dim=int(key("feed_forward_length")),
+        max_seq_len=int(key("context_length", 2048)),
+        rope_theta=float(key("rope.freq_base", 10000.0)),
+        norm_eps=float(key("attention.layer_norm_rms_epsilon", 1e-5)),
+        head_dim=int(key("attention.key_length", dim // n_heads)),
+    )
+
+
+def quantization_name(reader: Any) -> str:
+    """The dominant quantization of the 2-D weights (e.g. "Q4_1"), from the tensor table."""
+    counts: dict[str, int] = {}
+    for t in reader.tensors:
+        if len(t.shape) >= 2:
+            counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + int(t.n_elements)
+    return max(counts, key=counts.__getitem__) if counts else "F32"
+
+
+def parameter_count(reader: Any) -> int:
+    return int(sum(int(t.n_elements) for t in reader.tensors))
+
+
+# --- tensors -----------------------------------------------------------------
+
+_LAYER_NAMES = {
+    "attn_norm.weight": "attention_norm.weight",
+    "attn_q.weight": "attention.wq.weight",
+    "attn_k.weight": "attention.wk.weight",
+    "attn_v.weight": "attention.wv.weight",
+    "attn_q.bias": "attention.wq.bias",
+    "attn_k.bias": "attention.wk.bias",
+    "attn_v.bias": "attention.wv.bias",
+    "attn_output.weight": "attention.wo.weight",
+    "ffn_norm.weight": "ffn_norm.weight",
+    "ffn_gate.weight": "feed_forward.w1.weight",
+    "ffn_down.weight": "feed_forward.w2.weight",
+    "ffn_up.weight": "feed_forward.w3.weight",
+}
+_TOP_NAMES = {
+    "token_embd.weight": "tok_embeddings.weight",
+    "output_norm.weight": "norm.weight",
+    "output.weight": "output.weight",
+}
+
+
+def _our_name(gguf_name: str) -> str:
+    if gguf_name in _TOP_NAMES:
+        return _TOP_NAMES[gguf_name]
+    parts = gguf_name.split(".", 2)
+    if parts[0] == "blk" and len(parts) == 3 and parts[2] in _LAYER_NAMES:
+        return f"layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}"
+    raise KeyError(f"unexpected GGUF tensor {gguf_name!r}")
+
+
+def unpermute_rotary(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Undo llama.cpp's convert_hf_to_gguf permute of attn_q/attn_k rows.
+
+    The converter reorders each head's rows from HF's half-split layout
+    [x0..x_{d/2-1}, x_{d/2}..] to interleaved pairs for GGML's rope; inverting it
+    lets one rotary (HF rotate_half) serve GGUF and safetensors alike.
+    """
+    # w: (n_heads * head_dim, ...) -> (n_heads, head_dim/2, 2, ...) -> (n_heads, 2, head_dim/2, ...)
+    rest = w.shape[1:]
+    return w.reshape(n_heads, w.shape[0] // n_heads // 2, 2, *rest).transpose(1, 2).reshape(w.shape)
+
+
+# llama.cpp permutes q/k only for archs whose GGML rope is the interleaved ("norm") kind;
+# qwen2 and friends use NEOX rope, which is already HF's rotate_half layout.
+PERMUTED_ROPE_ARCHS = frozenset({"llama", "mistral", "granite"})
+
+
+def read_state_dict(reader: Any, *, arch: str, n_heads: int, n_kv_heads: int) -> dict[str, torch.Tensor]:
+    """Every tensor dequantized to float32, renamed to our module names, q/k un-permuted."""
+    from gguf.quants import dequantize
+
+    unpermute = arch in PERMUTED_ROPE_ARCHS
+
+    state: dict[str, torch.Tensor] = {}
+    for t in reader.tensors:
+        name = _our_name(t.name)
+        array = dequantize(t.data, t.tensor_type)  # numpy, shape reversed from GGUF's (ne0 fastest)
+        tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+        expected = tuple(int(n) for n in reversed(t.shape))
+        assert tuple(tensor.shape) == expected, (t.name, tensor.shape, expected)
+        if not unpermute:
+            pass
+        elif name.endswith("attention.wq.weight") or name.endswith("attention.wq.bias"):
+            tensor = unpermute_rotary(tensor, n_heads)
+        elif name.endswith("attention.wk.weight") or name.endswith("attention.wk.bias"):
+            tensor = unpermute_rotary(tensor, n_kv_heads)
+        state[name] = tensor
+    return state

@@ -1,0 +1,291 @@
+"""Tokenizers behind one small interface: encode, decode, special ids.
+
+Two builders from GGUF metadata, chosen by `tokenizer.ggml.model`:
+- "gpt2": byte-level BPE through `tokenizers`, built the way Hugging Face
+  transformers builds it from the same file, so token ids match it exactly;
+- "llama": SentencePiece BPE through `sentencepiece`, from a ModelProto we
+  serialize from the GGUF vocabulary and scores.
+A Hugging Face directory with tokenizer.json loads through `tokenizers` directly.
+CONTROL tokens (<|im_start|>, <s>, ...) always encode as single ids.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from abc import ABC, abstractmethod
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer as HFTokenizer
+
+# GGUF token types (same numbering as SentencePiece's piece types)
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+
+class Tokenizer(ABC):
+    eos_token_ids: frozenset[int]
+    bos_token_id: int | None
+    add_bos: bool
+
+    @abstractmethod
+    def _encode(self, text: str) -> list[int]: ...
+
+    @abstractmethod
+    def decode(self, ids: list[int]) -> str: ...
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int: ...
+
+    def encode(self, text: str) -> list[int]:
+        ids = self._encode(text)
+        if self.add_bos and self.bos_token_id is not None:
+            ids = [self.bos_token_id, *ids]
+        return ids
+
+
+class TokenizersTokenizer(Tokenizer):
+    """Any `tokenizers.Tokenizer` (byte-level BPE from GGUF, or a tokenizer.json)."""
+
+    def __init__(
+        self, backend: HFTokenizer, *, eos_token_ids: frozenset[int], bos_token_id: int | None, add_bos: bool = False
+    ) -> None:
+        self.backend = backend
+        self.eos_token_ids = eos_token_ids
+        self.bos_token_id = bos_token_id
+        self.add_bos = add_bos
+
+    def _encode(self, text: str) -> list[int]:
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.backend.decode(list(ids), skip_special_tokens=False)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+
+class SentencePieceTokenizer(Tokenizer):
+    """SentencePiece BPE; special (CONTROL) tokens are split out of the text first."""
+
+    def __init__(
+        self,
+        processor: Any,
+        *,
+        special: dict[str, int],
+        add_space_prefix: bool,
+        eos_token_ids: frozenset[int],
+        bos_token_id: int | None,
+        add_bos: bool,
+    ) -> None:
+        self.sp = processor
+        self.special = special
+        self.add_space_prefix = add_space_prefix
+        self.eos_token_ids = eos_token_ids
+        self.bos_token_id = bos_token_id
+        self.add_bos = add_bos
+        self.id_to_special = {i: s for s, i in special.items()}
+        self._split = re.compile("(" + "|".join(map(re.escape, sorted(special, key=len, reverse=True))) + ")") if special else None
+
+    def _encode(self, text: str) -> list[int]:
+        chunks = self._split.split(text) if self._split else [text]
+        ids: list[int] = []
+        for i, chunk in enumerate(chunks):
+            if chunk in self.special and i % 2 == 1:
+                ids.append(self.special[chunk])
+            elif chunk:
+                # Like HF's Metaspace(prepend_scheme="first"): a dummy space only at the start of the
+                # text, and only when it does not start with a space already.
+                if i == 0 and self.add_space_prefix and not chunk.startswith(" "):
+                    chunk = " " + chunk
+                ids.extend(self.sp.encode(chunk))
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        out: list[str] = []
+        run: list[int] = []
+        for i in list(ids) + [-1]:
+            if i in self.id_to_special or i == -1:
+                if run:
+                    out.append(self.sp.decode(run))  # the proto has no dummy prefix, so spaces are kept
+                    run = []
+                if i != -1:
+                    out.append(self.id_to_special[i])
+            else:
+                run.append(i)
+        text = "".join(out)
+        # Like HF's decoder (Strip left=1): the dummy prefix space of the first piece goes.
+        if self.add_space_prefix and text.startswith(" ") and ids and ids[0] not in self.id_to_special:
+            text = text[1:]
+        return text
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size()
+
+
+# --- GGUF builders -------------------------------------------------------------
+
+# Pre-tokenizer splits for the `tokenizer.ggml.pre` values we know; anything else
+# (e.g. SmolLM's "smollm") gets GPT-2's ByteLevel regex, as transformers does.
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+PRE_TOKENIZER_SPLITS = {
+    "llama3": _LLAMA3_SPLIT,
+    "llama-v3": _LLAMA3_SPLIT,
+    "llama-bpe": _LLAMA3_SPLIT,
+    "qwen2": _QWEN2_SPLIT,
+    "deepseek-r1-qwen": _QWEN2_SPLIT,
+}
+
+
+@lru_cache(maxsize=1)
+def _bytes_to_unicode() -> dict[int, str]:
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def _special_ids(meta: dict[str, Any]) -> tuple[frozenset[int], int | None, bool]:
+    eos = {int(meta[k]) for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id") if k in meta}
+    bos = meta.get("tokenizer.ggml.bos_token_id")
+    add_bos = bool(meta.get("tokenizer.ggml.add_bos_token", meta.get("tokenizer.ggml.model") == "llama"))
+    return frozenset(eos), (int(bos) if bos is not None else None), add_bos
+
+
+def byte_level_from_gguf(meta: dict[str, Any]) -> TokenizersTokenizer:
+    tokens: list[str] = meta["tokenizer.ggml.tokens"]
+    types: list[int] = meta.get("tokenizer.ggml.token_type") or [NORMAL] * len(tokens)
+    spelling = _bytes_to_unicode()
+    alphabet = set(spelling.values())
+    # A token outside the byte alphabet (rare llama.cpp spelling) is respelled byte-wise.
+    vocab = {
+        (t if set(t) <= alphabet else "".join(spelling[b] for b in t.encode("utf-8"))): i for i, t in enumerate(tokens)
+    }
+    merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
+    backend = HFTokenizer(
+        models.BPE(vocab=vocab, merges=merges, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False)
+    )
+    split = PRE_TOKENIZER_SPLITS.get(meta.get("tokenizer.ggml.pre", ""))
+    if split is None:
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    else:
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Split(Regex(split), behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+        )
+    backend.decoder = decoders.ByteLevel()
+    control = [
+        AddedToken(t, normalized=False, special=True) for t, ty in zip(tokens, types) if ty == CONTROL and set(t) <= alphabet
+    ]
+    backend.add_special_tokens(control)
+    user = [AddedToken(t, normalized=False, special=False) for t, ty in zip(tokens, types) if ty == USER_DEFINED]
+    if user:
+        backend.add_tokens(user)
+    eos, bos, add_bos = _special_ids(meta)
+    return TokenizersTokenizer(backend, eos_token_ids=eos, bos_token_id=bos, add_bos=add_bos)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(num: int, value: bytes | int | float | str) -> bytes:
+    """One protobuf field: varint (int/bool), fixed32 (float) or length-delimited (bytes/str)."""
+    if isinstance(value, float):
+        return _varint(num << 3 | 5) + struct.pack("<f", value)
+    if isinstance(value, int):
+        return _varint(num << 3) + _varint(value)
+    data = value.encode("utf-8") if isinstance(value, str) else value
+    return _varint(num << 3 | 2) + _varint(len(data)) + data
+
+
+def sentencepiece_model_proto(
+    tokens: list[str], scores: list[float], types: list[int], *, unk_id: int, bos_id: int | None, eos_id: int | None
+) -> bytes:
+    """Serialize a SentencePiece ModelProto (BPE, byte fallback, no normalization).
+
+    Field numbers follow sentencepiece_model.proto; written by hand so no protobuf dependency is needed.
+    """
+    pieces = b"".join(_field(1, _field(1, t) + _field(2, float(s)) + _field(3, int(ty))) for t, s, ty in zip(tokens, scores, types))
+    trainer = (
+        _field(3, 2)  # model_type = BPE
+        + _field(4, len(tokens))  # vocab_size
+        + _field(35, int(BYTE in types))  # byte_fallback
+        + _field(40, unk_id)
+        + _field(41, bos_id if bos_id is not None else 0xFFFFFFFFFFFFFFFF)  # -1 as int32 varint
+        + _field(42, eos_id if eos_id is not None else 0xFFFFFFFFFFFFFFFF)
+        + _field(43, 0xFFFFFFFFFFFFFFFF)  # pad_id = -1
+    )
+    normalizer = _field(1, "identity") + _field(3, 0) + _field(4, 0) + _field(5, 1)
+    return pieces + _field(2, trainer) + _field(3, normalizer)
+
+
+def sentencepiece_from_gguf(meta: dict[str, Any]) -> SentencePieceTokenizer:
+    import sentencepiece as spm
+
+    tokens: list[str] = meta["tokenizer.ggml.tokens"]
+    types: list[int] = meta.get("tokenizer.ggml.token_type") or [NORMAL] * len(tokens)
+    scores: list[float] = meta.get("tokenizer.ggml.scores") or [0.0] * len(tokens)
+    eos, bos, add_bos = _special_ids(meta)
+    unk = int(meta.get("tokenizer.ggml.unknown_token_id", 0))
+    proto = sentencepiece_model_proto(
+        tokens, scores, types, unk_id=unk, bos_id=bos, eos_id=int(meta["tokenizer.ggml.eos_token_id"]) if "tokenizer.ggml.eos_token_id" in meta else None
+    )
+    processor = spm.SentencePieceProcessor()
+    processor.LoadFromSerializedProto(proto)
+    special = {t: i for i, (t, ty) in enumerate(zip(tokens, types)) if ty in (CONTROL, USER_DEFINED)}
+    return SentencePieceTokenizer(
+        processor,
+        special=special,
+        add_space_prefix=bool(meta.get("tokenizer.ggml.add_space_prefix", True)),
+        eos_token_ids=eos,
+        bos_token_id=bos,
+        add_bos=add_bos,
+    )
+
+
+def tokenizer_from_gguf(meta: dict[str, Any]) -> Tokenizer:
+    kind = meta.get("tokenizer.ggml.model")
+    if kind == "gpt2":
+        return byte_level_from_gguf(meta)
+    if kind == "llama":
+        return sentencepiece_from_gguf(meta)
+    raise ValueError(f"unsupported GGUF tokenizer model {kind!r} (supported: gpt2, llama)")
+
+
+def tokenizer_from_hf_dir(directory: Path, *, eos_token_ids: frozenset[int], bos_token_id: int | None) -> Tokenizer:
+    """A Hugging Face checkpoint directory with tokenizer.json (+ tokenizer_config.json)."""
+    backend = HFTokenizer.from_file(str(directory / "tokenizer.json"))
+    cfg_path = directory / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+    eos = set(eos_token_ids)
+    eos_tok = cfg.get("eos_token")
+    if isinstance(eos_tok, dict):
+        eos_tok = eos_tok.get("content")
+    if isinstance(eos_tok, str) and backend.token_to_id(eos_tok) is not None:
+        eos.add(backend.token_to_id(eos_tok))
+    return TokenizersTokenizer(
+        backend, eos_token_ids=frozenset(eos), bos_token_id=bos_token_id, add_bos=bool(cfg.get("add_bos_token", False))
+    )
