@@ -28,9 +28,9 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="print one JSON object")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        checkpoint = self._checkpoint(options["checkpoint"])
         from modelzoo.engine import SamplingParams
 
-        checkpoint = self._checkpoint(options["checkpoint"])
         task = options["task"]
         defaults = prompts.TASK_DEFAULTS[task]
         temperature = defaults.temperature if options["temperature"] is None else options["temperature"]
