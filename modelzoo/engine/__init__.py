@@ -1,15 +1,37 @@
 """The inference engine: pure PyTorch, no Django. Public names are re-exported here."""
 
 from .chat_template import ChatTemplate
-from .checkpoint import CheckpointInfo, default_checkpoint_path, inspect_checkpoint
+from .checkpoint import (
+    CheckpointInfo,
+    LoadedCheckpoint,
+    default_checkpoint_path,
+    inspect_checkpoint,
+    load_checkpoint,
+)
 from .config import ModelConfig
+from .engine import Engine, GenerationResult
+from .model import Transformer
+from .sampling import SamplingParams
 from .tokenizer import Tokenizer
+
+
+def context_window(checkpoint: LoadedCheckpoint | CheckpointInfo) -> int:
+    """The checkpoint's context length in tokens (an Engine may serve less: Engine.max_seq_len)."""
+    return checkpoint.config.max_seq_len
+
 
 __all__ = [
     "ChatTemplate",
     "CheckpointInfo",
+    "Engine",
+    "GenerationResult",
+    "LoadedCheckpoint",
     "ModelConfig",
+    "SamplingParams",
     "Tokenizer",
+    "Transformer",
+    "context_window",
     "default_checkpoint_path",
     "inspect_checkpoint",
+    "load_checkpoint",
 ]

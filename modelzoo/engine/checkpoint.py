@@ -19,6 +19,7 @@ import torch
 from . import gguf_format
 from .chat_template import ChatTemplate
 from .config import ModelConfig
+from .model import Transformer, fuse_state_dict, load_strict
 from .tokenizer import Tokenizer, tokenizer_from_gguf, tokenizer_from_hf_dir
 
 log = logging.getLogger(__name__)
@@ -155,3 +156,43 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+@dataclass
+class LoadedCheckpoint:
+    config: ModelConfig
+    model: Transformer
+    tokenizer: Tokenizer
+    chat_template: ChatTemplate
+    device: torch.device
+    info: CheckpointInfo
+
+
+def load_checkpoint(path: str | Path, *, device: str | torch.device | None = None) -> LoadedCheckpoint:
+    """Weights, config, tokenizer and template; bf16 on CUDA, float32 on CPU.
+
+    Weights are dequantized to the compute dtype once at load time (the layers never
+    branch on a storage dtype); q/k/v and gate/up are fused here.
+    """
+    path = Path(path).resolve()
+    info = inspect_checkpoint(path)
+    dev = resolve_device(device)
+    cfg = info.config
+    if info.format == "gguf":
+        reader = gguf_format.open_reader(path)
+        state = gguf_format.read_state_dict(reader, arch=cfg.arch, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads)
+        del reader
+    else:
+        from . import safetensors_format
+
+        state = safetensors_format.read_state_dict(path)
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    load_strict(model, fuse_state_dict(state, cfg), device=dev, dtype=dtype)
+    del state
+    model.eval().requires_grad_(False)
+    log.info("loaded %s (%s, %s) on %s as %s", path.name, info.format, info.quantization, dev, dtype)
+    return LoadedCheckpoint(
+        config=cfg, model=model, tokenizer=info.tokenizer, chat_template=info.chat_template, device=dev, info=info
+    )

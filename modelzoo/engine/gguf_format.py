@@ -145,7 +145,8 @@ def read_state_dict(reader: Any, *, arch: str, n_heads: int, n_kv_heads: int) ->
     for t in reader.tensors:
         name = _our_name(t.name)
         array = dequantize(t.data, t.tensor_type)  # numpy, shape reversed from GGUF's (ne0 fastest)
-        tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+        # F32 tensors come back as read-only views of the memory map: copy those.
+        tensor = torch.from_numpy(np.array(array, dtype=np.float32, copy=not array.flags.writeable))
         expected = tuple(int(n) for n in reversed(t.shape))
         assert tuple(tensor.shape) == expected, (t.name, tensor.shape, expected)
         if not unpermute:

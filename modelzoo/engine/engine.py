@@ -1,0 +1,324 @@
+"""The batched engine: one thread runs continuous batching over a preallocated KV cache.
+
+Callers in any thread call `generate()`, which queues a request and blocks until it
+is finished. Between decode steps the engine thread retires finished requests
+(freeing their cache slot) and admits waiting ones (one batched prefill for all
+newcomers); each decode step runs every active request in one forward pass, each
+row at its own position.
+
+Memory: the KV cache is per layer (slots, n_kv_heads, max_seq_len, head_dim) for k
+and v. By default max_seq_len is min(context length, 1024) and the cache is float16
+on CPU (bf16 on CUDA): for SmolLM2-135M with 16 slots that is 16 x 1024 positions x
+30 layers x 2 x 3 heads x 64 x 2 bytes = 377 MB, on top of ~0.8 GB for the float32
+model and runtime, so the process stays well under 1.5 GB. Pass max_seq_len (up to
+the checkpoint's context length) or fewer slots to trade one for the other.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from .checkpoint import LoadedCheckpoint
+from .sampling import SamplingParams, find_stop, make_generator, safe_prefix_len, sample
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_SEQ_LEN = 1024
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    finish_reason: str  # "stop" | "length" | "cancelled" | "timeout"
+    ttft_s: float
+    elapsed_s: float
+    tokens_per_s: float  # decode tokens/s after the first token
+    batch_size: int  # the largest batch this request ran in
+
+
+@dataclass
+class _Request:
+    prompt_ids: list[int]
+    params: SamplingParams
+    on_token: Callable[[str], None] | None
+    should_cancel: Callable[[], bool] | None
+    deadline: float | None
+    submitted: float = field(default_factory=time.monotonic)
+    done: threading.Event = field(default_factory=threading.Event)
+    result: GenerationResult | None = None
+    error: BaseException | None = None
+    # engine-thread state
+    slot: int = -1
+    out_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    cut: bool = False  # text was truncated at a stop string
+    streamed: int = 0
+    first_token_at: float | None = None
+    batch_size: int = 0
+    generator: torch.Generator | None = None
+
+    @property
+    def position(self) -> int:
+        """Where the next input token goes in the cache (prompt + all outputs but the last)."""
+        return len(self.prompt_ids) + len(self.out_ids) - 1
+
+
+class Engine:
+    def __init__(
+        self,
+        checkpoint: LoadedCheckpoint,
+        *,
+        max_batch_size: int = 16,
+        max_seq_len: int | None = None,
+        kv_cache_dtype: torch.dtype | None = None,
+    ) -> None:
+        self.checkpoint = checkpoint
+        self.model = checkpoint.model
+        self.tokenizer = checkpoint.tokenizer
+        self.device = checkpoint.device
+        self.max_batch_size = max_batch_size
+        context = checkpoint.config.max_seq_len
+        self.max_seq_len = min(max_seq_len or DEFAULT_MAX_SEQ_LEN, context)
+        if kv_cache_dtype is None:
+            kv_cache_dtype = torch.float16 if self.device.type == "cpu" else self.model.tok_embeddings.weight.dtype
+        self.caches = self.model.make_caches(max_batch_size, self.max_seq_len, kv_cache_dtype)
+        self._queue: queue.Queue[_Request | None] = queue.Queue()
+        self._active: list[_Request] = []
+        self._free_slots = list(range(max_batch_size))
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="llm-engine", daemon=True)
+        self._thread.start()
+
+    # --- caller side -------------------------------------------------------------
+
+    def generate(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        *,
+        on_token: Callable[[str], None] | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+        deadline: float | None = None,
+    ) -> GenerationResult:
+        """Generate a completion; blocks the calling thread. Thread-safe.
+
+        `deadline` is a time.monotonic() value. Raises ValueError for a prompt that
+        cannot fit, and re-raises any error the engine hit on this request.
+        """
+        prompt_ids = list(prompt_ids)
+        if not prompt_ids:
+            raise ValueError("empty prompt")
+        if len(prompt_ids) + params.max_tokens > self.max_seq_len:
+            raise ValueError(
+                f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) exceeds the engine's "
+                f"max_seq_len ({self.max_seq_len})"
+            )
+        vocab = self.checkpoint.config.vocab_size
+        if min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
+            raise ValueError("prompt token id out of range")
+        if self._closed.is_set():
+            raise RuntimeError("engine is closed")
+        req = _Request(prompt_ids, params, on_token, should_cancel, deadline)
+        self._queue.put(req)
+        while not req.done.wait(timeout=1.0):
+            if not self._thread.is_alive():
+                raise RuntimeError("engine thread died")
+        if req.error is not None:
+            raise req.error
+        assert req.result is not None
+        return req.result
+
+    def close(self) -> None:
+        """Stop the engine thread; requests still waiting fail with RuntimeError."""
+        self._closed.set()
+        self._queue.put(None)
+        self._thread.join(timeout=30)
+
+    # --- engine thread -----------------------------------------------------------
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while not self._closed.is_set():
+                try:
+                    self._step()
+                except Exception as exc:  # never leave callers hanging
+                    log.exception("engine step failed")
+                    for req in list(self._active):
+                        self._fail(req, exc)
+        err = RuntimeError("engine is closed")
+        for req in list(self._active):
+            self._fail(req, err)
+        while True:
+            try:
+                req = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if req is not None:
+                self._fail(req, err)
+
+    def _step(self) -> None:
+        newcomers = self._admit()
+        if newcomers:
+            self._guarded(newcomers, self._prefill)
+        if self._active:
+            self._guarded(list(self._active), self._decode)
+
+    def _admit(self) -> list[_Request]:
+        """Take waiting requests into free slots; block only when there is nothing to do."""
+        admitted: list[_Request] = []
+        while self._free_slots:
+            try:
+                block = not self._active and not admitted
+                req = self._queue.get(block=block, timeout=None if block else 0)
+            except queue.Empty:
+                break
+            if req is None:  # close() sentinel
+                break
+            try:
+                reason = self._early_finish(req)
+            except Exception as exc:
+                self._fail(req, exc)
+                continue
+            if reason is not None:
+                self._finish(req, reason)
+                continue
+            req.slot = self._free_slots.pop()
+            req.generator = make_generator(req.params)
+            self._active.append(req)
+            admitted.append(req)
+        return admitted
+
+    def _guarded(self, reqs: list[_Request], fn: Callable[[list[_Request]], None]) -> None:
+        try:
+            fn(reqs)
+        except Exception as exc:
+            log.exception("forward pass failed for %d requests", len(reqs))
+            for req in reqs:
+                self._fail(req, exc)
+
+    def _prefill(self, reqs: list[_Request]) -> None:
+        """One padded forward over all newcomers' prompts, writing their cache slots."""
+        lengths = torch.tensor([len(r.prompt_ids) for r in reqs], device=self.device)
+        T = int(lengths.max())
+        tokens = torch.zeros(len(reqs), T, dtype=torch.long, device=self.device)
+        for i, r in enumerate(reqs):
+            tokens[i, : len(r.prompt_ids)] = torch.tensor(r.prompt_ids)
+        positions = torch.arange(T, device=self.device).expand(len(reqs), T)  # (B, T)
+        j = torch.arange(T, device=self.device)
+        # query t of row b sees keys j <= t inside its own prompt; padded positions are never read later
+        # because decode overwrites them before attending to them.
+        mask = (j[None, None, :] <= j[None, :, None]) & (j[None, None, :] < lengths[:, None, None])  # (B, T, T)
+        slots = torch.tensor([r.slot for r in reqs], device=self.device)
+        logits = self.model(tokens, positions, caches=self.caches, slots=slots, mask=mask[:, None], logit_index=lengths - 1)
+        self._accept(reqs, logits[:, 0])
+
+    def _decode(self, reqs: list[_Request]) -> None:
+        """One token for every active request, in one forward pass."""
+        B = len(reqs)
+        for r in reqs:
+            r.batch_size = max(r.batch_size, B)
+        tokens = torch.tensor([[r.out_ids[-1]] for r in reqs], device=self.device)  # (B, 1)
+        pos = torch.tensor([r.position for r in reqs], device=self.device)  # (B,)
+        S = int(pos.max()) + 1
+        mask = torch.arange(S, device=self.device)[None, :] <= pos[:, None]  # (B, S)
+        slots = torch.tensor([r.slot for r in reqs], device=self.device)
+        logits = self.model(tokens, pos[:, None], caches=self.caches, slots=slots, mask=mask[:, None, None, :])
+        self._accept(reqs, logits[:, -1])
+
+    def _accept(self, reqs: list[_Request], logits: torch.Tensor) -> None:
+        """Sample one token per row (logits (B, V)), stream, and retire finished rows."""
+        greedy = logits.argmax(-1).tolist()
+        now = time.monotonic()
+        for i, r in enumerate(reqs):
+            try:
+                p = r.params
+                if p.temperature == 0.0 and p.repetition_penalty == 1.0:
+                    tok = greedy[i]
+                else:
+                    seen = torch.tensor(r.prompt_ids + r.out_ids, device=logits.device)
+                    tok = sample(logits[i], p, seen, r.generator)
+                if r.first_token_at is None:
+                    r.first_token_at = now
+                    r.batch_size = max(r.batch_size, 1)
+                reason = self._advance(r, tok)
+                if reason is None:
+                    reason = self._early_finish(r)
+                if reason is not None:
+                    self._finish(r, reason)
+            except Exception as exc:
+                self._fail(r, exc)
+
+    def _advance(self, r: _Request, tok: int) -> str | None:
+        """Add a sampled token; return a finish reason when it ends the request."""
+        if tok in self.tokenizer.eos_token_ids:
+            return "stop"
+        r.out_ids.append(tok)
+        stops = r.params.stop
+        if stops or r.on_token is not None:
+            text = self.tokenizer.decode(r.out_ids)
+            cut = find_stop(text, stops) if stops else None
+            if cut is not None:
+                r.text, r.cut = text[:cut], True
+                return "stop"
+            r.text = text
+            self._stream(r, safe_prefix_len(text, stops))
+        if len(r.out_ids) >= r.params.max_tokens:
+            return "length"
+        return None
+
+    def _stream(self, r: _Request, upto: int) -> None:
+        if r.on_token is not None and upto > r.streamed:
+            delta = r.text[r.streamed : upto]
+            r.streamed = upto
+            r.on_token(delta)
+
+    def _early_finish(self, r: _Request) -> str | None:
+        if r.should_cancel is not None and r.should_cancel():
+            return "cancelled"
+        if r.deadline is not None and time.monotonic() >= r.deadline:
+            return "timeout"
+        return None
+
+    def _release(self, r: _Request) -> None:
+        if r in self._active:
+            self._active.remove(r)
+            self._free_slots.append(r.slot)
+
+    def _finish(self, r: _Request, reason: str) -> None:
+        self._release(r)
+        if not r.cut:
+            r.text = self.tokenizer.decode(r.out_ids)
+        try:
+            self._stream(r, len(r.text))
+        except Exception as exc:
+            self._fail(r, exc)
+            return
+        end = time.monotonic()
+        first = r.first_token_at
+        n_after_first = max(len(r.out_ids) - 1, 0)
+        decode_time = end - first if first is not None else 0.0
+        r.result = GenerationResult(
+            text=r.text,
+            prompt_token_ids=list(r.prompt_ids),
+            token_ids=list(r.out_ids),
+            finish_reason=reason,
+            ttft_s=(first - r.submitted) if first is not None else end - r.submitted,
+            elapsed_s=end - r.submitted,
+            tokens_per_s=n_after_first / decode_time if decode_time > 0 and n_after_first else 0.0,
+            batch_size=max(r.batch_size, 1),
+        )
+        r.done.set()
+
+    def _fail(self, r: _Request, exc: BaseException) -> None:
+        self._release(r)
+        r.error = exc
+        r.done.set()

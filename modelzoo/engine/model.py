@@ -1,0 +1,224 @@
+"""Llama-family decoder (Llama, Mistral, SmolLM, Qwen2-style q/k/v biases). Layers only, no I/O.
+
+Shapes: B batch rows, T new tokens per row, S cache length, D dim, H query heads,
+K key/value heads, hd head dim, F hidden (FFN) dim, V vocab.
+
+q/k/v are one fused Linear (wqkv) and gate/up one fused Linear (w13); checkpoints in
+the unfused layout are fused by `fuse_state_dict` before loading.
+
+The forward pass takes per-row positions and an optional KV cache so that one call
+serves prefill (T = prompt length) and batched decode (T = 1, rows at different
+positions).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalize in float32 like the reference, then cast back (matters under bf16).
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables for HF's rotate_half layout. positions: (B, T) -> (B, 1, T, hd) each."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+    freqs = positions.float()[..., None] * inv_freq  # (B, T, hd/2)
+    emb = torch.cat([freqs, freqs], dim=-1)[:, None]  # (B, 1, T, hd)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x: (B, H, T, hd); rotate_half pairs dimension i with i + hd/2
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+class KVCache(nn.Module):
+    """Preallocated per-layer cache, one slot per batch row, indexed by position.
+
+    Zero-filled, so positions that are masked out hold finite values and can never
+    inject NaN into attention.
+    """
+
+    def __init__(self, slots: int, n_kv_heads: int, max_seq_len: int, head_dim: int, dtype: torch.dtype, device: torch.device) -> None:
+        super().__init__()
+        shape = (slots, n_kv_heads, max_seq_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(
+        self, slots: torch.Tensor, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k/v (B, K, T, hd) at (slot, position) per row; return each row's first `length`
+        cached positions (B, K, length, hd), in the compute dtype."""
+        # slots (B, 1) and positions (B, T) broadcast to (B, T); advanced indexing puts them first: (B, T, K, hd)
+        self.k[slots[:, None], :, positions] = k.transpose(1, 2).to(self.k.dtype)
+        self.v[slots[:, None], :, positions] = v.transpose(1, 2).to(self.v.dtype)
+        return self.k[slots, :, :length].to(k.dtype), self.v[slots, :, :length].to(v.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.wqkv = nn.Linear(cfg.dim, cfg.q_size + 2 * cfg.kv_size, bias=cfg.qkv_bias)
+        self.wo = nn.Linear(cfg.q_size, cfg.dim, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: KVCache | None,
+        slots: torch.Tensor | None,
+        positions: torch.Tensor,
+    ) -> torch.Tensor:
+        cfg = self.cfg
+        B, T, _ = x.shape
+        q, k, v = self.wqkv(x).split([cfg.q_size, cfg.kv_size, cfg.kv_size], dim=-1)
+        q = q.view(B, T, cfg.n_heads, cfg.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        k = k.view(B, T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)  # (B, K, T, hd)
+        v = v.view(B, T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)  # (B, K, T, hd)
+        q = apply_rope(q, cos, sin)
+        k = apply_rope(k, cos, sin)
+        if cache is not None:
+            assert slots is not None
+            k, v = cache.update(slots, positions, k, v, mask.shape[-1])  # (B, K, S, hd)
+        if cfg.n_rep > 1:
+            k = k.repeat_interleave(cfg.n_rep, dim=1)  # (B, H, S, hd)
+            v = v.repeat_interleave(cfg.n_rep, dim=1)
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # no cache: plain causal
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # mask: (B, 1, T, S) bool
+        y = y.transpose(1, 2).reshape(B, T, cfg.q_size)  # (B, T, H*hd)
+        return self.wo(y)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.hidden_dim = cfg.hidden_dim
+        self.w13 = nn.Linear(cfg.dim, 2 * cfg.hidden_dim, bias=False)  # gate (w1) and up (w3), fused
+        self.w2 = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.w13(x).split(self.hidden_dim, dim=-1)  # (B, T, F) each
+        return self.w2(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attention = Attention(cfg)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.feed_forward = FeedForward(cfg)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
+                cache: KVCache | None, slots: torch.Tensor | None, positions: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x), cos, sin, mask, cache, slots, positions)
+        return x + self.feed_forward(self.ffn_norm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+
+    def make_caches(self, slots: int, max_seq_len: int, dtype: torch.dtype | None = None) -> list[KVCache]:
+        """A KV cache per layer, (slots, K, max_seq_len, hd) for k and for v; owned by the caller
+        (an Engine), so several engines may share one model."""
+        p = self.tok_embeddings.weight
+        cfg = self.cfg
+        dtype = dtype or p.dtype
+        return [KVCache(slots, cfg.n_kv_heads, max_seq_len, cfg.head_dim, dtype, p.device) for _ in self.layers]
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        *,
+        caches: list[KVCache] | None = None,
+        slots: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        logit_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """tokens (B, T) -> logits (B, T, V) in float32, or (B, 1, V) at `logit_index` (B,).
+
+        Without `slots`: a plain causal pass over the tokens (no cache).
+        With `caches` and `slots` (B,): rows write cache slots at `positions` (B, T) and attend to
+        cache positions [0, S) where `mask` (B, 1, T, S) allows.
+        """
+        B, T = tokens.shape
+        if positions is None:
+            positions = torch.arange(T, device=tokens.device).expand(B, T)
+        x = self.tok_embeddings(tokens)  # (B, T, D)
+        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
+        if caches is None:
+            for layer in self.layers:
+                x = layer(x, cos, sin, None, None, None, positions)
+        else:
+            assert slots is not None and mask is not None, "a cached pass needs slots and a mask"
+            for layer, cache in zip(self.layers, caches):
+                x = layer(x, cos, sin, mask, cache, slots, positions)
+        if logit_index is not None:
+            x = x[torch.arange(B, device=x.device), logit_index][:, None]  # (B, 1, D): only the logits we sample
+        return self.output(self.norm(x)).float()  # (B, T, V)
+
+
+def fuse_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Unfused names (wq/wk/wv, w1/w3) -> our fused wqkv/w13, in place (so the unfused copies are freed)."""
+    out = state
+    for i in range(cfg.n_layers):
+        p = f"layers.{i}."
+        out[p + "attention.wqkv.weight"] = torch.cat([out.pop(p + f"attention.w{n}.weight") for n in "qkv"], dim=0)
+        if cfg.qkv_bias:
+            out[p + "attention.wqkv.bias"] = torch.cat([out.pop(p + f"attention.w{n}.bias") for n in "qkv"], dim=0)
+        out[p + "feed_forward.w13.weight"] = torch.cat(
+            [out.pop(p + "feed_forward.w1.weight"), out.pop(p + "feed_forward.w3.weight")], dim=0
+        )
+    if cfg.tie_embeddings:
+        assert "output.weight" not in out or torch.equal(out["output.weight"], out["tok_embeddings.weight"])
+        out.pop("output.weight", None)
+    return out
+
+
+def load_strict(model: Transformer, state: dict[str, torch.Tensor], *, device: torch.device, dtype: torch.dtype) -> None:
+    """Load a fused state dict, asserting the key sets and every shape match exactly.
+
+    Works on a model built on the meta device (tensors are assigned, not copied into).
+    """
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    if model.cfg.tie_embeddings:
+        expected.pop("output.weight")
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    assert not missing and not unexpected, f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+    for k, shape in expected.items():
+        assert tuple(state[k].shape) == tuple(shape), f"{k}: {tuple(state[k].shape)} != {tuple(shape)}"
+    model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()}, strict=False, assign=True)
+    if model.cfg.tie_embeddings:
+        model.output.weight = model.tok_embeddings.weight

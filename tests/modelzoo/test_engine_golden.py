@@ -1,0 +1,58 @@
+"""Greedy output on the bundled SmolLM2 equals Hugging Face transformers' token for token.
+
+The golden file was made by tests/modelzoo/golden/make_golden.py in a separate
+environment with transformers (not a project dependency); see the "how" field in it.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from modelzoo.engine import Engine, SamplingParams, default_checkpoint_path, load_checkpoint
+
+GOLDEN = json.loads((Path(__file__).parent / "golden" / "smollm2_greedy.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def smollm():
+    return load_checkpoint(default_checkpoint_path(), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def engine(smollm):
+    eng = Engine(smollm)  # the defaults the site runs with (float16 KV cache on CPU)
+    yield eng
+    eng.close()
+
+
+def test_it_renders_and_tokenizes_prompts_like_transformers(smollm):
+    for case in GOLDEN["cases"]:
+        text = smollm.chat_template.render(case["messages"])
+        assert text == case["prompt_text"], case["name"]
+        assert smollm.tokenizer.encode(text) == case["prompt_token_ids"], case["name"]
+
+
+def test_it_generates_the_golden_greedy_tokens_in_one_batch(smollm, engine):
+    eos = smollm.tokenizer.eos_token_ids
+    params = SamplingParams(max_tokens=GOLDEN["max_new_tokens"])
+    with ThreadPoolExecutor(len(GOLDEN["cases"])) as ex:
+        results = list(ex.map(lambda c: engine.generate(c["prompt_token_ids"], params), GOLDEN["cases"]))
+    for case, result in zip(GOLDEN["cases"], results):
+        golden = case["new_token_ids"]
+        ended = golden[-1] in eos
+        expected = golden[:-1] if ended else golden  # our token_ids leave out the end-of-sequence token
+        assert result.token_ids == expected, case["name"]
+        assert result.finish_reason == ("stop" if ended else "length")
+        assert result.text == smollm.tokenizer.decode(expected)
+
+
+def test_it_streams_unicode_deltas_that_join_to_the_final_text(smollm, engine):
+    prompt = smollm.tokenizer.encode(smollm.chat_template.render([{"role": "user", "content": "Write three emoji and a word in Japanese."}]))
+    deltas: list[str] = []
+    result = engine.generate(prompt, SamplingParams(temperature=0.8, seed=3, max_tokens=40), on_token=deltas.append)
+    assert "".join(deltas) == result.text
+    assert all("\ufffd" not in d for d in deltas) or "\ufffd" in result.text
