@@ -92,7 +92,7 @@ class JobForm(forms.Form):
         except Exception as exc:  # a missing or unreadable file: the user can pick another checkpoint
             self.add_error("checkpoint", f"Checkpoint {checkpoint.name} cannot be read right now ({exc}).")
             return
-        window = int(info.config.max_seq_len)
+        window = pool.context_window(checkpoint)
         context = data.get("context", "") if data["task"] == Job.Task.QA else ""
         ids = prompts.prompt_token_ids(
             info=info, task=data["task"], prompt=data["prompt"], context=context, options=self._options_of(data)

@@ -185,7 +185,11 @@ JOBS_PER_PAGE = envint("JOBS_PER_PAGE", 20, minimum=1)
 WORKER_CONCURRENCY = envint("WORKER_CONCURRENCY", 4, minimum=1)
 # Load the default checkpoint when a worker starts, in the background, instead of on the first job.
 WORKER_PRELOAD_DEFAULT = envbool("WORKER_PRELOAD_DEFAULT", True)
-ENGINE_MAX_BATCH_SIZE = envint("ENGINE_MAX_BATCH_SIZE", 16, minimum=1)
+# The Engine's KV cache: slots (concurrent requests per process) x positions. Forms check prompt + max tokens
+# against min(checkpoint context length, ENGINE_MAX_SEQ_LEN), the window the workers actually serve.
+# 8 x 2048 at float16 is ~380 MB for SmolLM2-135M.
+ENGINE_MAX_BATCH_SIZE = envint("ENGINE_MAX_BATCH_SIZE", 8, minimum=1)
+ENGINE_MAX_SEQ_LEN = envint("ENGINE_MAX_SEQ_LEN", 2048, minimum=16)
 # None = CUDA when present, else CPU.
 ENGINE_DEVICE = os.environ.get("ENGINE_DEVICE") or None
 HEALTHZ_TIMEOUT_S = envfloat("HEALTHZ_TIMEOUT_S", 1.0, minimum=0.1)

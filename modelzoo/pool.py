@@ -44,7 +44,7 @@ def _load_engine(checkpoint: Checkpoint) -> Engine:
     path = checkpoint.file_path()
     logger.info("Loading checkpoint %s from %s", checkpoint.name, path)
     loaded = load_checkpoint(path, device=settings.ENGINE_DEVICE)
-    return Engine(loaded, max_batch_size=settings.ENGINE_MAX_BATCH_SIZE)
+    return Engine(loaded, max_batch_size=settings.ENGINE_MAX_BATCH_SIZE, max_seq_len=settings.ENGINE_MAX_SEQ_LEN)
 
 
 def _inspect(checkpoint: Checkpoint) -> CheckpointInfo:
@@ -80,8 +80,9 @@ def checkpoint_info(checkpoint: Checkpoint) -> CheckpointInfo:
 
 
 def context_window(checkpoint: Checkpoint) -> int:
-    """How many tokens (prompt + completion) the checkpoint can attend to."""
-    return int(checkpoint_info(checkpoint).config.max_seq_len)
+    """How many tokens (prompt + completion) a job on `checkpoint` may use: the checkpoint's context length,
+    capped by the KV cache the workers' engines allocate (ENGINE_MAX_SEQ_LEN)."""
+    return min(int(checkpoint_info(checkpoint).config.max_seq_len), settings.ENGINE_MAX_SEQ_LEN)
 
 
 def loaded_checkpoint_ids() -> list[int]:

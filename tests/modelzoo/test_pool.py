@@ -58,14 +58,20 @@ def test_it_reloads_when_the_path_changes(monkeypatch, checkpoint):
     assert pool.engine_for(checkpoint) is not first
 
 
-def test_it_caches_checkpoint_info(monkeypatch, checkpoint):
+def test_it_caps_the_context_window_at_the_served_length(checkpoint, settings):
+    settings.ENGINE_MAX_SEQ_LEN = 512
+    assert pool.context_window(checkpoint) == 512
+
+
+def test_it_caches_checkpoint_info(monkeypatch, checkpoint, settings):
     calls = []
     original = pool._inspect
     monkeypatch.setattr(pool, "_inspect", lambda ckpt: calls.append(ckpt.pk) or original(ckpt))
     info = pool.checkpoint_info(checkpoint)
     assert pool.checkpoint_info(checkpoint) is info
     assert calls == [checkpoint.pk]
-    assert pool.context_window(checkpoint) == 8192
+    assert info.config.max_seq_len == 8192
+    assert pool.context_window(checkpoint) == min(8192, settings.ENGINE_MAX_SEQ_LEN)
     assert info.tokenizer.encode("Hello")
 
 

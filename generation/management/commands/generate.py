@@ -49,7 +49,7 @@ class Command(BaseCommand):
         )
         info = pool.checkpoint_info(checkpoint)
         prompt_ids = prompts.prompt_token_ids(info=info, task=task, prompt=options["prompt"])
-        window = int(info.config.max_seq_len)
+        window = pool.context_window(checkpoint)
         if len(prompt_ids) + max_tokens > window:
             raise CommandError(
                 f"prompt ({len(prompt_ids)} tokens) + max tokens ({max_tokens}) exceed the {window}-token context"
