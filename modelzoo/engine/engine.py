@@ -259,7 +259,7 @@ class Engine:
 
     def _advance(self, r: _Request, tok: int) -> str | None:
         """Add a sampled token; return a finish reason when it ends the request."""
-        if tok in self.tokenizer.eos_token_ids:
+        if tok in self.tokenizer.eos_token_ids and not r.params.ignore_eos:
             return "stop"
         r.out_ids.append(tok)
         stops = r.params.stop

@@ -69,7 +69,10 @@ class KVCache(nn.Module):
         # slots (B, 1) and positions (B, T) broadcast to (B, T); advanced indexing puts them first: (B, T, K, hd)
         self.k[slots[:, None], :, positions] = k.transpose(1, 2).to(self.k.dtype)
         self.v[slots[:, None], :, positions] = v.transpose(1, 2).to(self.v.dtype)
-        return self.k[slots, :, :length].to(k.dtype), self.v[slots, :, :length].to(v.dtype)
+        # narrow first, then gather rows: copies only (B, K, length, hd)
+        k_rows = self.k[:, :, :length].index_select(0, slots)
+        v_rows = self.v[:, :, :length].index_select(0, slots)
+        return k_rows.to(k.dtype), v_rows.to(v.dtype)
 
 
 class Attention(nn.Module):
@@ -100,13 +103,11 @@ class Attention(nn.Module):
         if cache is not None:
             assert slots is not None
             k, v = cache.update(slots, positions, k, v, mask.shape[-1])  # (B, K, S, hd)
-        if cfg.n_rep > 1:
-            k = k.repeat_interleave(cfg.n_rep, dim=1)  # (B, H, S, hd)
-            v = v.repeat_interleave(cfg.n_rep, dim=1)
+        gqa = cfg.n_rep > 1  # SDPA shares each k/v head among n_rep query heads without copying
         if mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # no cache: plain causal
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)  # no cache: plain causal
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # mask: (B, 1, T, S) bool
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)  # mask: (B, 1, T, S) bool
         y = y.transpose(1, 2).reshape(B, T, cfg.q_size)  # (B, T, H*hd)
         return self.wo(y)
 

@@ -22,6 +22,7 @@ class SamplingParams:
     seed: int | None = None
     max_tokens: int = 256
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # keep going past end-of-sequence (benchmarks)
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
