@@ -1,0 +1,52 @@
+"""The main flow in a real browser (Debian's Chromium driven by Playwright) against a live server and a real
+worker: sign up, submit a code job, watch highlighted code appear without reloading, find it in the history."""
+import re
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+def page(live_server):
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page()
+        page.set_default_timeout(30_000)
+        yield page
+        browser.close()
+
+
+def test_it_signs_up_submits_a_code_job_and_finds_it_in_the_history(page, live_server, worker, checkpoint):
+    page.goto(f"{live_server.url}/accounts/signup/")
+    page.fill("#id_username", "carol")
+    page.fill("#id_password1", "a-long-passphrase-42")
+    page.fill("#id_password2", "a-long-passphrase-42")
+    page.click("button[type=submit]")
+    expect(page).to_have_url(re.compile(r"/jobs/new/$"))
+
+    page.select_option("#id_task", "code")
+    page.fill("#id_prompt", "Write a Python function that checks whether a number is prime.")
+    page.click("details.advanced summary")
+    page.fill("#id_max_tokens", "96")
+    page.click("#job-form button[type=submit]")
+    expect(page).to_have_url(re.compile(r"/jobs/\d+/$"))
+    job_url = page.url
+
+    # The page updates itself: no reload between "queued" and the result.
+    expect(page.locator("#job-status")).to_have_text("Succeeded", timeout=180_000)
+    assert page.url == job_url
+    expect(page.locator("#job-output .highlight").first).to_be_visible()
+    expect(page.locator("#job-output .highlight").first).to_contain_text("def ")
+    expect(page.locator("#stat-completion-tokens")).not_to_have_text("–")
+
+    page.goto(f"{live_server.url}/jobs/")
+    row = page.locator("tr", has_text="checks whether a number is prime")
+    expect(row).to_have_count(1)
+    row.get_by_role("link").first.click()
+    assert page.url == job_url

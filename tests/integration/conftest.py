@@ -1,0 +1,25 @@
+"""Integration tests run against real parts: the test run's Redis, a real Celery worker process holding
+the bundled model, and the test database, which the worker shares (so the tests commit: transactional)."""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import pytest
+
+from generation.models import Job
+
+
+@pytest.fixture
+def wait_for_job() -> Callable[..., Job]:
+    def wait(job_id: int, *, until: Callable[[Job], bool] = lambda job: job.is_finished, timeout_s: float = 180) -> Job:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            job = Job.objects.get(pk=job_id)
+            if until(job):
+                return job
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id} still {job.status} after {timeout_s}s: {job.error!r}")
+            time.sleep(0.2)
+
+    return wait
