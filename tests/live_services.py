@@ -101,24 +101,16 @@ class WorkerProcess:
         return self.log_path.read_text()
 
 
-@pytest.fixture(scope="session")
-def celery_worker_process(django_db_setup, django_db_blocker):
-    """One worker for the session; a test that kills it restarts it (see `worker`)."""
+@pytest.fixture
+def worker(transactional_db) -> WorkerProcess:
+    """A real worker for one test, started against an empty queue and stopped after the test, so that no
+    other test's messages reach it and it takes none of theirs."""
     from django.db import connection
 
-    with django_db_blocker.unblock():
-        url = database_url(connection.settings_dict)
     import redis
 
-    redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()  # no messages left by unit tests
-    worker = WorkerProcess(url, name="worker1")
-    worker.start()
-    yield worker
-    worker.stop()
-
-
-@pytest.fixture
-def worker(celery_worker_process: WorkerProcess) -> WorkerProcess:
-    if not celery_worker_process.alive:
-        celery_worker_process.start()
-    return celery_worker_process
+    redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
+    process = WorkerProcess(database_url(connection.settings_dict), name="worker1")
+    process.start()
+    yield process
+    process.stop()

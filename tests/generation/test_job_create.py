@@ -60,7 +60,7 @@ def test_it_fails_the_job_fast_when_the_broker_is_down(owner, checkpoint, dead_b
     assert job.finished_at is not None
 
 
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.django_db(transaction=True)
 def test_it_tells_the_user_when_redis_is_down_at_submit(owner_client, checkpoint, dead_broker):
     response = owner_client.post("/jobs/new/", {"task": "qa", "prompt": "Why is the sky blue?"}, follow=True)
     job = Job.objects.get()
@@ -72,7 +72,7 @@ def test_it_tells_the_user_when_redis_is_down_at_submit(owner_client, checkpoint
     assert "Failed" in content
 
 
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.django_db(transaction=True)
 def test_it_publishes_to_the_real_redis(owner, checkpoint):
     import redis
     from django.conf import settings

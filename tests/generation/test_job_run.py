@@ -104,7 +104,7 @@ def test_it_fails_with_the_reason_when_the_checkpoint_cannot_load(make_job, monk
     assert "no such file" in job.error
 
 
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.django_db(transaction=True)
 def test_it_stops_generating_when_the_job_is_cancelled(make_job, monkeypatch, info):
     """The cancel arrives from another connection while the engine runs; the engine is told to stop."""
     job = make_job()
@@ -128,7 +128,7 @@ def test_it_stops_generating_when_the_job_is_cancelled(make_job, monkeypatch, in
     assert job.output == "Par" or job.output == ""
 
 
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.django_db(transaction=True)
 def test_it_saves_partial_output_while_running(make_job, monkeypatch, info):
     job = make_job()
     seen: list[str] = []
