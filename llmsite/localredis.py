@@ -54,7 +54,8 @@ def start_redis(*, port: int, data_dir: Path, persistent: bool = True, timeout_s
         "--appendonly", "yes" if persistent else "no",
         "--logfile", str(data_dir / "redis.log"),
     ]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Its own session: a Ctrl-C meant for the site must not take the broker down before the worker has stopped.
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + timeout_s
     while not is_up(url):

@@ -44,6 +44,7 @@ def test_it_signs_up_submits_a_code_job_and_finds_it_in_the_history(page, live_s
     expect(page.locator("#job-output .highlight").first).to_be_visible()
     expect(page.locator("#job-output .highlight").first).to_contain_text("def ")
     expect(page.locator("#stat-completion-tokens")).not_to_have_text("–")
+    expect(page.locator("#cancel-form")).to_be_hidden()  # nothing left to cancel
 
     page.goto(f"{live_server.url}/jobs/")
     row = page.locator("tr", has_text="checks whether a number is prime")

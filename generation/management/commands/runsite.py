@@ -38,6 +38,8 @@ class Command(BaseCommand):
             nonlocal stopping
             stopping = True
 
+        # Ctrl-C reaches the children too (same process group); we only stop watching and clean up.
+        signal.signal(signal.SIGINT, request_stop)
         signal.signal(signal.SIGTERM, request_stop)
         try:
             env = dict(os.environ, REDIS_URL=self._redis_url(children))
@@ -48,18 +50,16 @@ class Command(BaseCommand):
             ))
             children.append(subprocess.Popen(
                 [sys.executable, "-m", "uvicorn", "llmsite.asgi:application", "--host", host, "--port", str(port),
-                 "--workers", str(web_workers), "--no-access-log"],
+                 "--workers", str(web_workers), "--no-access-log", "--lifespan", "off"],
                 env=env,
             ))
             self.stdout.write(self.style.SUCCESS(f"llmsite is starting at http://{host}:{port}/  (Ctrl-C stops it)"))
             self.stdout.write("First admin: .venv/bin/python manage.py createsuperuser, then sign in at /admin/")
             while not stopping:
                 for child in children:
-                    if child.poll() is not None:
+                    if child.poll() is not None and not stopping:
                         raise CommandError(f"{' '.join(child.args[:5])} exited with {child.returncode}")
                 time.sleep(0.5)
-        except KeyboardInterrupt:
-            pass
         finally:
             self.stdout.write("Stopping…")
             for child in reversed(children):
