@@ -7,9 +7,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
-from pathlib import Path
 
 from llmsite import localredis
 
