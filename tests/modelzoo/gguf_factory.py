@@ -1,0 +1,83 @@
+"""Write small random-weight Llama checkpoints as GGUF with the `gguf` package's writer (for upload tests).
+
+The vocabulary is GPT-2 byte level (one token per byte, one merge) plus ChatML control tokens, so the real
+tokenizer and chat-template paths are exercised. Holds no tests.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] "
+          "+ '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def byte_tokens() -> list[str]:
+    """The 256 printable stand-ins GPT-2's byte-level BPE uses for raw bytes, in byte order."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    table, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            table[byte] = chr(byte)
+        else:
+            table[byte] = chr(256 + extra)
+            extra += 1
+    return [table[b] for b in range(256)]
+
+
+def write_tiny_gguf(path: Path, *, seed: int = 0, dim: int = 32, n_layers: int = 2, n_heads: int = 4,
+                    n_kv_heads: int = 2, hidden_dim: int = 64, context_length: int = 256,
+                    chat_template: str = CHATML, poison: str | None = None) -> Path:
+    """A tiny Llama GGUF. `poison` names a tensor to fill with NaN (a checkpoint that must be rejected)."""
+    tokens = byte_tokens() + ["ab", "<|im_start|>", "<|im_end|>"]
+    token_types = [gguf.TokenType.NORMAL] * 257 + [gguf.TokenType.CONTROL] * 2
+    rng = np.random.default_rng(seed)
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("tiny-test-llama")
+    writer.add_block_count(n_layers)
+    writer.add_context_length(context_length)
+    writer.add_embedding_length(dim)
+    writer.add_feed_forward_length(hidden_dim)
+    writer.add_head_count(n_heads)
+    writer.add_head_count_kv(n_kv_heads)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_dimension_count(dim // n_heads)
+    writer.add_vocab_size(len(tokens))
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types(token_types)
+    writer.add_token_merges(["a b"])
+    writer.add_bos_token_id(257)
+    writer.add_eos_token_id(258)
+    writer.add_add_bos_token(False)
+    writer.add_chat_template(chat_template)
+
+    def tensor(name: str, *shape: int) -> None:
+        data = (rng.standard_normal(shape) * 0.2).astype(np.float32) if len(shape) > 1 else np.ones(shape, np.float32)
+        if name == poison:
+            data[...] = np.nan
+        writer.add_tensor(name, data)
+
+    head_dim, vocab = dim // n_heads, len(tokens)
+    tensor("token_embd.weight", vocab, dim)
+    for i in range(n_layers):
+        tensor(f"blk.{i}.attn_norm.weight", dim)
+        tensor(f"blk.{i}.attn_q.weight", n_heads * head_dim, dim)
+        tensor(f"blk.{i}.attn_k.weight", n_kv_heads * head_dim, dim)
+        tensor(f"blk.{i}.attn_v.weight", n_kv_heads * head_dim, dim)
+        tensor(f"blk.{i}.attn_output.weight", dim, n_heads * head_dim)
+        tensor(f"blk.{i}.ffn_norm.weight", dim)
+        tensor(f"blk.{i}.ffn_gate.weight", hidden_dim, dim)
+        tensor(f"blk.{i}.ffn_up.weight", hidden_dim, dim)
+        tensor(f"blk.{i}.ffn_down.weight", dim, hidden_dim)
+    tensor("output_norm.weight", dim)
+
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

@@ -1,0 +1,110 @@
+"""Admins bring checkpoints: upload in /admin/ (or import_checkpoint), validation off the request, then ready."""
+from pathlib import Path
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.management import CommandError, call_command
+from django.test import Client
+
+from generation.forms import JobForm
+from modelzoo import services
+from modelzoo.models import Checkpoint
+from tests.modelzoo.gguf_factory import write_tiny_gguf
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def storage(settings, tmp_path: Path) -> Path:
+    settings.CHECKPOINT_DIR = tmp_path / "store"
+    return settings.CHECKPOINT_DIR
+
+
+@pytest.fixture
+def admin_user(django_user_model):
+    return django_user_model.objects.create_superuser(username="root", password="root-password-1")
+
+
+@pytest.fixture
+def admin_http(admin_user) -> Client:
+    client = Client()
+    client.force_login(admin_user)
+    return client
+
+
+@pytest.fixture
+def tiny_gguf(tmp_path: Path) -> Path:
+    return write_tiny_gguf(tmp_path / "tiny.gguf")
+
+
+def test_it_uploads_through_the_admin_and_validates_to_ready(admin_http, admin_user, tiny_gguf, storage, checkpoint):
+    upload = SimpleUploadedFile("../../tiny.gguf", tiny_gguf.read_bytes())
+    response = admin_http.post("/admin/modelzoo/checkpoint/add/", {"name": "tiny", "notes": "", "upload": upload})
+    assert response.status_code == 302, response.content.decode()[:3000]
+
+    stored = Checkpoint.objects.get(name="tiny")
+    assert stored.status == Checkpoint.Status.UPLOADED
+    assert stored.uploaded_by == admin_user
+    assert Path(stored.path).parent.parent == storage  # "../" in the name never leaves the store
+    assert Path(stored.path).read_bytes() == tiny_gguf.read_bytes()
+    assert len(stored.sha256) == 64 and stored.size == tiny_gguf.stat().st_size
+    assert not JobForm.base_fields["checkpoint"].queryset.filter(pk=stored.pk).exists()  # not choosable yet
+
+    validated = services.checkpoint_validate(checkpoint_id=stored.pk)
+    assert validated.status == Checkpoint.Status.READY, validated.status_reason
+    assert (validated.format, validated.architecture, validated.context_length) == ("gguf", "llama", 256)
+    assert services.checkpoint_validate(checkpoint_id=stored.pk) is None  # a second delivery does nothing
+
+
+def test_it_refuses_a_pickle_upload_with_a_form_error(admin_http):
+    upload = SimpleUploadedFile("model.pt", b"\x80\x04...")
+    response = admin_http.post("/admin/modelzoo/checkpoint/add/", {"name": "evil", "upload": upload})
+    assert response.status_code == 200
+    assert "pickles" in response.content.decode()
+    assert not Checkpoint.objects.filter(name="evil").exists()
+
+
+def test_it_rejects_bad_weights_with_a_reason_the_admin_can_read(admin_http, tmp_path):
+    poisoned = write_tiny_gguf(tmp_path / "nan.gguf", poison="output_norm.weight")
+    with poisoned.open("rb") as source:
+        stored = services.checkpoint_store(name="nan", source=source, file_name="nan.gguf", queue_validation=False)
+    rejected = services.checkpoint_validate(checkpoint_id=stored.pk)
+    assert rejected.status == Checkpoint.Status.REJECTED
+    assert "NaN" in rejected.status_reason
+    page = admin_http.get(f"/admin/modelzoo/checkpoint/{stored.pk}/change/").content.decode()
+    assert "NaN" in page
+
+
+def test_it_refuses_an_upload_over_the_size_limit(settings, tmp_path, storage):
+    settings.CHECKPOINT_MAX_UPLOAD_BYTES = 1000
+    big = write_tiny_gguf(tmp_path / "big.gguf")
+    with big.open("rb") as source, pytest.raises(services.UploadError, match="larger than 1000 bytes"):
+        services.checkpoint_store(name="big", source=source, file_name="big.gguf")
+    assert not Checkpoint.objects.filter(name="big").exists()
+    assert not any(storage.glob("*/*"))
+
+
+def test_it_imports_from_the_command_line_as_default(tiny_gguf, checkpoint):
+    call_command("import_checkpoint", str(tiny_gguf), "--name", "tiny-cli", "--default")
+    imported = Checkpoint.objects.get(name="tiny-cli")
+    assert imported.status == Checkpoint.Status.READY
+    assert imported.is_default
+    checkpoint.refresh_from_db()
+    assert not checkpoint.is_default  # one default at a time
+
+
+def test_it_fails_the_import_command_on_a_rejected_file(tmp_path):
+    poisoned = write_tiny_gguf(tmp_path / "nan.gguf", poison="token_embd.weight")
+    with pytest.raises(CommandError, match="rejected: .*NaN"):
+        call_command("import_checkpoint", str(poisoned), "--name", "bad")
+
+
+def test_it_retires_a_checkpoint_which_stays_in_the_history(admin_http, make_job, checkpoint):
+    job = make_job()
+    response = admin_http.post("/admin/modelzoo/checkpoint/", {"action": "retire", "_selected_action": [checkpoint.pk]})
+    assert response.status_code == 302
+    checkpoint.refresh_from_db()
+    assert checkpoint.status == Checkpoint.Status.RETIRED and not checkpoint.is_default
+    job.refresh_from_db()
+    assert job.checkpoint == checkpoint
+    assert not JobForm.base_fields["checkpoint"].queryset.filter(pk=checkpoint.pk).exists()
