@@ -26,6 +26,7 @@ os.environ["REDIS_URL"] = f"redis://127.0.0.1:{_port}/0"
 os.environ.setdefault("JOB_TIME_LIMIT_S", "30")
 os.environ.setdefault("CELERY_VISIBILITY_TIMEOUT_S", "35")
 os.environ.setdefault("CELERY_RESTORE_INTERVAL_S", "1")
+os.environ["CHECKPOINT_DIR"] = str(VAR / "test-checkpoints")  # uploads made by tests stay out of the real store
 # Playwright's sync API runs an event loop in the test thread; the ORM calls of the tests are still sync.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
