@@ -108,3 +108,19 @@ def test_it_retires_a_checkpoint_which_stays_in_the_history(admin_http, make_job
     job.refresh_from_db()
     assert job.checkpoint == checkpoint
     assert not JobForm.base_fields["checkpoint"].queryset.filter(pk=checkpoint.pk).exists()
+
+
+def test_it_makes_a_ready_upload_the_default_from_the_admin(admin_http, tiny_gguf, checkpoint):
+    with tiny_gguf.open("rb") as source:
+        stored = services.checkpoint_store(name="tiny", source=source, file_name="tiny.gguf", queue_validation=False)
+    response = admin_http.post("/admin/modelzoo/checkpoint/", {"action": "make_default", "_selected_action": [stored.pk]})
+    assert response.status_code == 302
+    stored.refresh_from_db()
+    assert not stored.is_default  # not ready yet: refused
+
+    services.checkpoint_validate(checkpoint_id=stored.pk)
+    admin_http.post("/admin/modelzoo/checkpoint/", {"action": "make_default", "_selected_action": [stored.pk]})
+    stored.refresh_from_db()
+    checkpoint.refresh_from_db()
+    assert stored.is_default and not checkpoint.is_default
+    assert Checkpoint.default() == stored
