@@ -236,6 +236,8 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 #: Uploaded checkpoints are stored here (one folder each); nothing of an upload is written elsewhere.
 CHECKPOINT_DIR = Path(envstr("CHECKPOINT_DIR", str(VAR_DIR / "checkpoints")))
 CHECKPOINT_MAX_UPLOAD_BYTES = envint("CHECKPOINT_MAX_UPLOAD_BYTES", 20 * 1024**3, minimum=1)
+#: What a .zip upload may inflate to.
+CHECKPOINT_MAX_UNPACKED_BYTES = envint("CHECKPOINT_MAX_UNPACKED_BYTES", 64 * 1024**3, minimum=1)
 #: Limits of the child process that parses, loads and smoke-tests an upload (see modelzoo.validation).
 VALIDATION_TIMEOUT_S = envint("VALIDATION_TIMEOUT_S", 600, minimum=1)
 VALIDATION_MEMORY_BYTES = envint("VALIDATION_MEMORY_BYTES", 16 * 1024**3, minimum=256 * 1024**2)

@@ -11,7 +11,9 @@ from modelzoo.models import Checkpoint
 class CheckpointUploadForm(forms.ModelForm):
     """The add form: a name and the file; everything else is read from the file by validation."""
 
-    upload = forms.FileField(help_text="A GGUF file. Pickle formats (.bin, .pt, .pth, .ckpt) are refused.")
+    upload = forms.FileField(help_text="A GGUF file, or a .zip of a Hugging Face model folder (config.json, "
+                                       "*.safetensors, tokenizer.json or tokenizer.model, tokenizer_config.json). "
+                                       "Pickle formats (.bin, .pt, .pth, .ckpt) are refused.")
 
     class Meta:
         model = Checkpoint
@@ -21,7 +23,7 @@ class CheckpointUploadForm(forms.ModelForm):
         upload = self.cleaned_data["upload"]
         suffix = "." + upload.name.rsplit(".", 1)[-1].lower() if "." in upload.name else ""
         if suffix in validation.PICKLE_SUFFIXES:
-            raise forms.ValidationError(f"{suffix} files are pickles, which can run code when loaded; upload GGUF")
+            raise forms.ValidationError(f"{suffix} files are pickles, which can run code when loaded; upload GGUF or safetensors")
         if upload.size > settings.CHECKPOINT_MAX_UPLOAD_BYTES:
             raise forms.ValidationError(f"The file is larger than {settings.CHECKPOINT_MAX_UPLOAD_BYTES} bytes.")
         return upload

@@ -12,6 +12,7 @@ from django.conf import settings
 from django.db import transaction
 
 from modelzoo import validation
+from modelzoo.archive import ArchiveError, ArchiveLimits, extract_checkpoint_zip
 from modelzoo.models import Checkpoint
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,12 @@ def checkpoint_validate(*, checkpoint_id: int) -> Checkpoint | None:
     if not claimed:
         return None
     checkpoint = Checkpoint.objects.get(pk=checkpoint_id)
+    try:
+        checkpoint = _unpack_if_archive(checkpoint)
+    except ArchiveError as error:
+        Checkpoint.objects.filter(pk=checkpoint_id).update(status=Checkpoint.Status.REJECTED, status_reason=str(error))
+        checkpoint.refresh_from_db()
+        return checkpoint
     limits = validation.Limits(
         timeout_s=settings.VALIDATION_TIMEOUT_S, memory_bytes=settings.VALIDATION_MEMORY_BYTES,
         cpu_s=settings.VALIDATION_TIMEOUT_S * 2,
@@ -102,6 +109,20 @@ def checkpoint_validate(*, checkpoint_id: int) -> Checkpoint | None:
             status=Checkpoint.Status.REJECTED, status_reason=report.reason
         )
         logger.warning("Checkpoint %s rejected: %s", checkpoint.name, report.reason)
+    checkpoint.refresh_from_db()
+    return checkpoint
+
+
+def _unpack_if_archive(checkpoint: Checkpoint) -> Checkpoint:
+    """A .zip upload becomes its model folder beside it (the archive is then removed)."""
+    archive = checkpoint.file_path()
+    if archive.suffix.lower() != ".zip":
+        return checkpoint
+    folder = extract_checkpoint_zip(
+        archive, archive.parent / "model", limits=ArchiveLimits(max_total_bytes=settings.CHECKPOINT_MAX_UNPACKED_BYTES)
+    )
+    archive.unlink()
+    Checkpoint.objects.filter(pk=checkpoint.pk).update(path=str(folder), format=Checkpoint.Format.SAFETENSORS)
     checkpoint.refresh_from_db()
     return checkpoint
 

@@ -124,3 +124,43 @@ def test_it_makes_a_ready_upload_the_default_from_the_admin(admin_http, tiny_ggu
     checkpoint.refresh_from_db()
     assert stored.is_default and not checkpoint.is_default
     assert Checkpoint.default() == stored
+
+
+def zip_folder(folder: Path, archive: Path, *, extra: dict[str, bytes] | None = None) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for file in folder.iterdir():
+            zf.write(file, f"{folder.name}/{file.name}")
+        for name, data in (extra or {}).items():
+            zf.writestr(name, data)
+    return archive
+
+
+def test_it_serves_a_zipped_safetensors_folder_uploaded_in_the_admin(admin_http, tiny_gguf, tmp_path, storage):
+    from tests.modelzoo.hf_dir_factory import write_hf_dir
+
+    archive = zip_folder(write_hf_dir(tiny_gguf, tmp_path / "tiny-hf"), tmp_path / "tiny-hf.zip")
+    response = admin_http.post("/admin/modelzoo/checkpoint/add/", {
+        "name": "tiny-hf", "upload": SimpleUploadedFile("tiny-hf.zip", archive.read_bytes()),
+    })
+    assert response.status_code == 302
+    validated = services.checkpoint_validate(checkpoint_id=Checkpoint.objects.get(name="tiny-hf").pk)
+    assert validated.status == Checkpoint.Status.READY, validated.status_reason
+    assert validated.format == "safetensors" and validated.quantization == "F32"
+    folder = Path(validated.path)
+    assert folder.is_dir() and folder.parent.parent == storage
+    assert not any(folder.parent.glob("*.zip"))  # the archive is gone once unpacked
+
+
+def test_it_rejects_a_zip_that_reaches_outside_its_folder(tiny_gguf, tmp_path, storage):
+    from tests.modelzoo.hf_dir_factory import write_hf_dir
+
+    archive = zip_folder(write_hf_dir(tiny_gguf, tmp_path / "tiny-hf"), tmp_path / "evil.zip",
+                         extra={"../../escape.safetensors": b"x"})
+    with archive.open("rb") as source:
+        stored = services.checkpoint_store(name="evil", source=source, file_name="evil.zip", queue_validation=False)
+    rejected = services.checkpoint_validate(checkpoint_id=stored.pk)
+    assert rejected.status == Checkpoint.Status.REJECTED
+    assert "outside the checkpoint folder" in rejected.status_reason
+    assert not list(storage.parent.rglob("escape.safetensors"))
