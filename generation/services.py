@@ -223,16 +223,16 @@ def job_run(*, job_id: int, redelivered: bool = False) -> Job | None:
     deadline = time.monotonic() + settings.JOB_TIME_LIMIT_S
     only_ours = Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, attempts=job.attempts)
     try:
-        engine = pool.engine_for(job.checkpoint)
         info = pool.checkpoint_info(job.checkpoint)
         prompt_ids = prompts.prompt_token_ids(
             info=info, task=job.task, prompt=job.prompt, context=job.context, options=job.options
         )
         params = _sampling_params(job)
-        generation_started = timezone.now()
-        result, first_token_seen = _generate_watched(
-            job=job, engine=engine, prompt_ids=prompt_ids, params=params, deadline=deadline
-        )
+        with pool.serving(job.checkpoint) as engine:  # resident, and not evicted while this job runs
+            generation_started = timezone.now()
+            result, first_token_seen = _generate_watched(
+                job=job, engine=engine, prompt_ids=prompt_ids, params=params, deadline=deadline
+            )
     except Exception as exc:
         logger.exception("Job %s failed", job.pk)
         only_ours.update(status=Job.Status.FAILED, error=f"{type(exc).__name__}: {exc}", finished_at=timezone.now())

@@ -190,6 +190,8 @@ WORKER_PRELOAD_DEFAULT = envbool("WORKER_PRELOAD_DEFAULT", True)
 # 8 x 2048 at float16 is ~380 MB for SmolLM2-135M.
 ENGINE_MAX_BATCH_SIZE = envint("ENGINE_MAX_BATCH_SIZE", 8, minimum=1)
 ENGINE_MAX_SEQ_LEN = envint("ENGINE_MAX_SEQ_LEN", 2048, minimum=16)
+#: Memory for resident checkpoints and their KV caches in one worker; 0 = 90% of the GPU, or 8 GiB on the CPU.
+WORKER_MEMORY_BUDGET_BYTES = envint("WORKER_MEMORY_BUDGET_BYTES", 0, minimum=0)
 # None = CUDA when present, else CPU.
 ENGINE_DEVICE = os.environ.get("ENGINE_DEVICE") or None
 HEALTHZ_TIMEOUT_S = envfloat("HEALTHZ_TIMEOUT_S", 1.0, minimum=0.1)

@@ -6,14 +6,24 @@ job thread of a `--pool threads` worker shares it (the Engine batches their requ
 which is what the web process needs to count prompt tokens; it never loads weights.
 
 Both caches are keyed by (checkpoint id, path), so an admin who points a row at a new file gets a fresh load.
+
+Resident engines share the worker's memory budget (WORKER_MEMORY_BUDGET_BYTES; by default 90% of the GPU,
+or 8 GiB on the CPU). Loading one that does not fit evicts others by demand (jobs queued for them or asked for
+recently), then recency, and never one with a running job (see `serving` and modelzoo.residency).
 """
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from django.conf import settings
+
+from modelzoo.residency import Resident, choose_evictions
 
 if TYPE_CHECKING:
     from modelzoo.engine import CheckpointInfo, Engine
@@ -27,6 +37,12 @@ _lock = threading.Lock()
 _key_locks: dict[_CacheKey, threading.Lock] = {}
 _engines: dict[_CacheKey, Engine] = {}
 _infos: dict[_CacheKey, CheckpointInfo] = {}
+_residents: dict[_CacheKey, Resident] = {}
+_state_lock = threading.Lock()  # guards _engines/_residents bookkeeping; held only briefly
+_load_lock = threading.Lock()  # one load (and its evictions) at a time, so the budget is never counted twice
+
+#: Jobs created this recently count as demand for their checkpoint, beside the queued ones.
+RECENT_DEMAND = timedelta(minutes=10)
 
 
 def _key(checkpoint: Checkpoint) -> _CacheKey:
@@ -55,15 +71,99 @@ def _inspect(checkpoint: Checkpoint) -> CheckpointInfo:
 
 def engine_for(checkpoint: Checkpoint) -> Engine:
     """The resident Engine of `checkpoint`, loaded on first use (once per process, even under concurrent calls)."""
+    return _acquire(checkpoint, busy=0)
+
+
+@contextmanager
+def serving(checkpoint: Checkpoint) -> Iterator[Engine]:
+    """The resident Engine of `checkpoint`, held busy (so never evicted) while the caller's job runs on it."""
+    engine = _acquire(checkpoint, busy=1)
+    try:
+        yield engine
+    finally:
+        with _state_lock:
+            resident = _residents[_key(checkpoint)]
+            resident.busy -= 1
+            resident.last_used = time.monotonic()
+
+
+def _acquire(checkpoint: Checkpoint, *, busy: int) -> Engine:
     key = _key(checkpoint)
-    engine = _engines.get(key)
-    if engine is not None:
-        return engine
-    with _key_lock(key):  # one loader per checkpoint; other checkpoints load in parallel
-        engine = _engines.get(key)
-        if engine is None:
-            engine = _engines[key] = _load_engine(checkpoint)
-    return engine
+    while True:
+        with _state_lock:
+            if key in _engines:
+                resident = _residents[key]
+                resident.busy += busy
+                resident.last_used = time.monotonic()
+                return _engines[key]
+        with _load_lock:
+            with _state_lock:
+                if key in _engines:
+                    continue  # another thread loaded it while this one waited
+            need = estimated_bytes(checkpoint)
+            _evict_for(need)
+            engine = _load_engine(checkpoint)
+            with _state_lock:
+                _engines[key] = engine
+                _residents[key] = Resident(key, need, last_used=time.monotonic(), busy=busy)
+            return engine
+
+
+def _evict_for(need_bytes: int) -> None:
+    budget = memory_budget_bytes()
+    with _state_lock:
+        fits = sum(r.size_bytes for r in _residents.values()) + need_bytes <= budget
+    demand = {} if fits else demand_by_checkpoint()
+    with _state_lock:
+        victims = choose_evictions(list(_residents.values()), need_bytes=need_bytes, budget_bytes=budget,
+                                   demand={key: demand.get(key[0], 0) for key in _residents})
+        evicted = [_engines.pop(key) for key in victims]
+        for key in victims:
+            del _residents[key]
+    for key, engine in zip(victims, evicted):
+        logger.info("Evicting checkpoint %s to make room for %d bytes", key[0], need_bytes)
+        engine.close()
+
+
+def estimated_bytes(checkpoint: Checkpoint) -> int:
+    """Weights in the compute dtype plus the engine's 16-bit KV cache, from the checkpoint's metadata."""
+    info = checkpoint_info(checkpoint)
+    config = info.config
+    weights = info.parameter_count * (2 if _device_type() == "cuda" else 4)
+    head_dim = config.dim // config.n_heads
+    positions = min(config.max_seq_len, settings.ENGINE_MAX_SEQ_LEN)
+    kv_cache = 2 * config.n_layers * settings.ENGINE_MAX_BATCH_SIZE * config.n_kv_heads * positions * head_dim * 2
+    return weights + kv_cache
+
+
+def memory_budget_bytes() -> int:
+    if settings.WORKER_MEMORY_BUDGET_BYTES:
+        return settings.WORKER_MEMORY_BUDGET_BYTES
+    if _device_type() == "cuda":
+        import torch
+
+        return int(torch.cuda.get_device_properties(0).total_memory * 0.9)
+    return 8 * 1024**3
+
+
+def _device_type() -> str:
+    if settings.ENGINE_DEVICE:
+        return settings.ENGINE_DEVICE.split(":")[0]
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def demand_by_checkpoint() -> dict[int, int]:
+    """Queued jobs plus jobs asked for within RECENT_DEMAND, per checkpoint id."""
+    from django.db.models import Count, Q
+    from django.utils import timezone
+
+    from generation.models import Job
+
+    wanted = Q(status=Job.Status.QUEUED) | Q(created_at__gte=timezone.now() - RECENT_DEMAND)
+    rows = Job.objects.filter(wanted).values("checkpoint_id").annotate(n=Count("id"))
+    return {row["checkpoint_id"]: row["n"] for row in rows}
 
 
 def checkpoint_info(checkpoint: Checkpoint) -> CheckpointInfo:
@@ -89,11 +189,18 @@ def loaded_checkpoint_ids() -> list[int]:
     return sorted(pk for pk, _ in _engines)
 
 
+def resident_bytes() -> int:
+    """The memory the resident engines are estimated to take."""
+    with _state_lock:
+        return sum(r.size_bytes for r in _residents.values())
+
+
 def clear() -> None:
     """Drop every cached engine and info (closing the engines). For tests and reloads."""
     with _lock:
         engines = list(_engines.values())
         _engines.clear()
+        _residents.clear()
         _infos.clear()
         _key_locks.clear()
     for engine in engines:

@@ -1,6 +1,8 @@
 """services.job_claim / job_run: one delivery does the work; redeliveries after a lost worker are bounded."""
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from generation import services
@@ -14,7 +16,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def engine(monkeypatch) -> FakeEngine:
     engine = FakeEngine()
-    monkeypatch.setattr("modelzoo.pool.engine_for", lambda checkpoint: engine)
+    monkeypatch.setattr("modelzoo.pool.serving", lambda checkpoint: contextlib.nullcontext(engine))
     monkeypatch.setattr("modelzoo.pool.checkpoint_info", lambda checkpoint: FakeInfo())
     return engine
 

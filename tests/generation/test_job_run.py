@@ -1,6 +1,7 @@
 """services.job_run: output, token counts and timings stored; every failure ends the job failed with a reason."""
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -22,7 +23,7 @@ def info(monkeypatch) -> FakeInfo:
 
 
 def use_engine(monkeypatch, engine) -> None:
-    monkeypatch.setattr("modelzoo.pool.engine_for", lambda checkpoint: engine)
+    monkeypatch.setattr("modelzoo.pool.serving", lambda checkpoint: contextlib.nullcontext(engine))
 
 
 def test_it_stores_output_tokens_and_timings(make_job, monkeypatch, info):
@@ -96,7 +97,7 @@ def test_it_fails_with_the_reason_when_the_checkpoint_cannot_load(make_job, monk
     def cannot_load(checkpoint):
         raise FileNotFoundError("no such file: /models/x.gguf")
 
-    monkeypatch.setattr("modelzoo.pool.engine_for", cannot_load)
+    monkeypatch.setattr("modelzoo.pool.serving", cannot_load)
     job = make_job()
     services.job_run(job_id=job.pk)
     job.refresh_from_db()

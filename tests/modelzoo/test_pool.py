@@ -45,7 +45,7 @@ def test_it_loads_a_checkpoint_once_under_concurrent_calls(monkeypatch, checkpoi
 
 def test_it_keeps_one_engine_per_checkpoint(monkeypatch, checkpoint):
     monkeypatch.setattr(pool, "_load_engine", lambda ckpt: Loaded())
-    other = Checkpoint.objects.create(name="ft", format="gguf", path="/ft.gguf", status="ready")
+    other = Checkpoint.objects.create(name="ft", format="gguf", path=checkpoint.path, status="ready")
     assert pool.engine_for(checkpoint) is pool.engine_for(Checkpoint.objects.get(pk=checkpoint.pk))
     assert pool.engine_for(other) is not pool.engine_for(checkpoint)
     assert pool.loaded_checkpoint_ids() == sorted([checkpoint.pk, other.pk])
@@ -54,7 +54,7 @@ def test_it_keeps_one_engine_per_checkpoint(monkeypatch, checkpoint):
 def test_it_reloads_when_the_path_changes(monkeypatch, checkpoint):
     monkeypatch.setattr(pool, "_load_engine", lambda ckpt: Loaded())
     first = pool.engine_for(checkpoint)
-    checkpoint.path = "/moved.gguf"
+    checkpoint.path = str(checkpoint.file_path())  # the same file under another path: the row was repointed
     assert pool.engine_for(checkpoint) is not first
 
 
@@ -79,3 +79,57 @@ def test_it_loads_the_bundled_model_once(checkpoint):
     engine = pool.engine_for(checkpoint)
     assert pool.engine_for(checkpoint) is engine
     assert pool.loaded_checkpoint_ids() == [checkpoint.pk]
+
+
+@pytest.fixture
+def two_checkpoints(monkeypatch, checkpoint):
+    """The bundled checkpoint and a second row on the same file; each 'load' is recorded and can be closed."""
+    other = Checkpoint.objects.create(name="other", format="gguf", path=checkpoint.path, status="ready")
+    events: list[tuple[str, int]] = []
+
+    class Recorded:
+        def __init__(self, pk: int) -> None:
+            self.pk = pk
+            events.append(("load", pk))
+
+        def close(self) -> None:
+            events.append(("close", self.pk))
+
+    monkeypatch.setattr(pool, "_load_engine", lambda ckpt: Recorded(ckpt.pk))
+    return checkpoint, other, events
+
+
+def test_it_evicts_to_stay_within_the_memory_budget(settings, two_checkpoints):
+    first, second, events = two_checkpoints
+    settings.WORKER_MEMORY_BUDGET_BYTES = int(pool.estimated_bytes(first) * 1.5)  # room for one
+    pool.engine_for(first)
+    pool.engine_for(second)
+    assert events == [("load", first.pk), ("close", first.pk), ("load", second.pk)]
+    assert pool.loaded_checkpoint_ids() == [second.pk]
+    assert pool.resident_bytes() <= settings.WORKER_MEMORY_BUDGET_BYTES
+
+
+def test_it_never_evicts_a_checkpoint_while_a_job_runs_on_it(settings, two_checkpoints):
+    from modelzoo.residency import NoRoom
+
+    first, second, events = two_checkpoints
+    settings.WORKER_MEMORY_BUDGET_BYTES = int(pool.estimated_bytes(first) * 1.5)
+    with pool.serving(first):
+        with pytest.raises(NoRoom):
+            pool.engine_for(second)
+        assert ("close", first.pk) not in events
+    pool.engine_for(second)  # the job ended: now it may go
+    assert ("close", first.pk) in events
+
+
+def test_it_keeps_the_checkpoint_jobs_wait_for(settings, two_checkpoints, make_job, owner):
+    first, second, events = two_checkpoints
+    third = Checkpoint.objects.create(name="third", format="gguf", path=first.path, status="ready")
+    settings.WORKER_MEMORY_BUDGET_BYTES = int(pool.estimated_bytes(first) * 2.5)  # room for two
+    pool.engine_for(first)
+    pool.engine_for(second)  # the most recent
+    make_job(checkpoint=second)  # queued for `second`...
+    make_job(checkpoint=second)
+    make_job(checkpoint=first).delete()  # ...nothing for `first`
+    pool.engine_for(third)
+    assert ("close", first.pk) in events and ("close", second.pk) not in events
