@@ -22,17 +22,29 @@ def other(django_user_model):
 
 
 @pytest.fixture
-def owner_client(owner) -> Client:
+def staff(django_user_model):
+    return django_user_model.objects.create_superuser(username="root", password="root-password-1")
+
+
+def signed_in(user) -> Client:
     client = Client()
-    client.force_login(owner)
+    client.force_login(user)
     return client
 
 
 @pytest.fixture
+def owner_client(owner) -> Client:
+    return signed_in(owner)
+
+
+@pytest.fixture
 def other_client(other) -> Client:
-    client = Client()
-    client.force_login(other)
-    return client
+    return signed_in(other)
+
+
+@pytest.fixture
+def staff_client(staff) -> Client:
+    return signed_in(staff)
 
 
 @pytest.fixture

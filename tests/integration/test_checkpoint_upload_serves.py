@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.test import Client
 from django.urls import reverse
 
 from generation.models import Job
@@ -15,13 +14,10 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def test_it_validates_an_upload_on_the_worker_and_serves_a_job_with_it(
-    worker, django_user_model, owner_client, checkpoint, wait_for_job, tmp_path: Path
+    worker, staff_client, owner_client, checkpoint, wait_for_job, tmp_path: Path
 ):
-    admin = django_user_model.objects.create_superuser(username="root", password="root-password-1")
-    admin_http = Client()
-    admin_http.force_login(admin)
     gguf_file = write_tiny_gguf(tmp_path / "tiny.gguf", context_length=4096)
-    response = admin_http.post("/admin/modelzoo/checkpoint/add/", {
+    response = staff_client.post("/admin/modelzoo/checkpoint/add/", {
         "name": "tiny-upload", "upload": SimpleUploadedFile("tiny.gguf", gguf_file.read_bytes()),
     })
     assert response.status_code == 302

@@ -4,7 +4,6 @@ from pathlib import Path
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import CommandError, call_command
-from django.test import Client
 
 from generation.forms import JobForm
 from modelzoo import services
@@ -21,30 +20,18 @@ def storage(settings, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def admin_user(django_user_model):
-    return django_user_model.objects.create_superuser(username="root", password="root-password-1")
-
-
-@pytest.fixture
-def admin_http(admin_user) -> Client:
-    client = Client()
-    client.force_login(admin_user)
-    return client
-
-
-@pytest.fixture
 def tiny_gguf(tmp_path: Path) -> Path:
     return write_tiny_gguf(tmp_path / "tiny.gguf")
 
 
-def test_it_uploads_through_the_admin_and_validates_to_ready(admin_http, admin_user, tiny_gguf, storage, checkpoint):
+def test_it_uploads_through_the_admin_and_validates_to_ready(staff_client, staff, tiny_gguf, storage, checkpoint):
     upload = SimpleUploadedFile("../../tiny.gguf", tiny_gguf.read_bytes())
-    response = admin_http.post("/admin/modelzoo/checkpoint/add/", {"name": "tiny", "notes": "", "upload": upload})
+    response = staff_client.post("/admin/modelzoo/checkpoint/add/", {"name": "tiny", "notes": "", "upload": upload})
     assert response.status_code == 302, response.content.decode()[:3000]
 
     stored = Checkpoint.objects.get(name="tiny")
     assert stored.status == Checkpoint.Status.UPLOADED
-    assert stored.uploaded_by == admin_user
+    assert stored.uploaded_by == staff
     assert Path(stored.path).parent.parent == storage  # "../" in the name never leaves the store
     assert Path(stored.path).read_bytes() == tiny_gguf.read_bytes()
     assert len(stored.sha256) == 64 and stored.size == tiny_gguf.stat().st_size
@@ -56,22 +43,22 @@ def test_it_uploads_through_the_admin_and_validates_to_ready(admin_http, admin_u
     assert services.checkpoint_validate(checkpoint_id=stored.pk) is None  # a second delivery does nothing
 
 
-def test_it_refuses_a_pickle_upload_with_a_form_error(admin_http):
+def test_it_refuses_a_pickle_upload_with_a_form_error(staff_client):
     upload = SimpleUploadedFile("model.pt", b"\x80\x04...")
-    response = admin_http.post("/admin/modelzoo/checkpoint/add/", {"name": "evil", "upload": upload})
+    response = staff_client.post("/admin/modelzoo/checkpoint/add/", {"name": "evil", "upload": upload})
     assert response.status_code == 200
     assert "pickles" in response.content.decode()
     assert not Checkpoint.objects.filter(name="evil").exists()
 
 
-def test_it_rejects_bad_weights_with_a_reason_the_admin_can_read(admin_http, tmp_path):
+def test_it_rejects_bad_weights_with_a_reason_the_admin_can_read(staff_client, tmp_path):
     poisoned = write_tiny_gguf(tmp_path / "nan.gguf", poison="output_norm.weight")
     with poisoned.open("rb") as source:
         stored = services.checkpoint_store(name="nan", source=source, file_name="nan.gguf", queue_validation=False)
     rejected = services.checkpoint_validate(checkpoint_id=stored.pk)
     assert rejected.status == Checkpoint.Status.REJECTED
     assert "NaN" in rejected.status_reason
-    page = admin_http.get(f"/admin/modelzoo/checkpoint/{stored.pk}/change/").content.decode()
+    page = staff_client.get(f"/admin/modelzoo/checkpoint/{stored.pk}/change/").content.decode()
     assert "NaN" in page
 
 
@@ -99,9 +86,9 @@ def test_it_fails_the_import_command_on_a_rejected_file(tmp_path):
         call_command("import_checkpoint", str(poisoned), "--name", "bad")
 
 
-def test_it_retires_a_checkpoint_which_stays_in_the_history(admin_http, make_job, checkpoint):
+def test_it_retires_a_checkpoint_which_stays_in_the_history(staff_client, make_job, checkpoint):
     job = make_job()
-    response = admin_http.post("/admin/modelzoo/checkpoint/", {"action": "retire", "_selected_action": [checkpoint.pk]})
+    response = staff_client.post("/admin/modelzoo/checkpoint/", {"action": "retire", "_selected_action": [checkpoint.pk]})
     assert response.status_code == 302
     checkpoint.refresh_from_db()
     assert checkpoint.status == Checkpoint.Status.RETIRED and not checkpoint.is_default
@@ -110,16 +97,16 @@ def test_it_retires_a_checkpoint_which_stays_in_the_history(admin_http, make_job
     assert not JobForm.base_fields["checkpoint"].queryset.filter(pk=checkpoint.pk).exists()
 
 
-def test_it_makes_a_ready_upload_the_default_from_the_admin(admin_http, tiny_gguf, checkpoint):
+def test_it_makes_a_ready_upload_the_default_from_the_admin(staff_client, tiny_gguf, checkpoint):
     with tiny_gguf.open("rb") as source:
         stored = services.checkpoint_store(name="tiny", source=source, file_name="tiny.gguf", queue_validation=False)
-    response = admin_http.post("/admin/modelzoo/checkpoint/", {"action": "make_default", "_selected_action": [stored.pk]})
+    response = staff_client.post("/admin/modelzoo/checkpoint/", {"action": "make_default", "_selected_action": [stored.pk]})
     assert response.status_code == 302
     stored.refresh_from_db()
     assert not stored.is_default  # not ready yet: refused
 
     services.checkpoint_validate(checkpoint_id=stored.pk)
-    admin_http.post("/admin/modelzoo/checkpoint/", {"action": "make_default", "_selected_action": [stored.pk]})
+    staff_client.post("/admin/modelzoo/checkpoint/", {"action": "make_default", "_selected_action": [stored.pk]})
     stored.refresh_from_db()
     checkpoint.refresh_from_db()
     assert stored.is_default and not checkpoint.is_default
@@ -137,11 +124,11 @@ def zip_folder(folder: Path, archive: Path, *, extra: dict[str, bytes] | None = 
     return archive
 
 
-def test_it_serves_a_zipped_safetensors_folder_uploaded_in_the_admin(admin_http, tiny_gguf, tmp_path, storage):
+def test_it_serves_a_zipped_safetensors_folder_uploaded_in_the_admin(staff_client, tiny_gguf, tmp_path, storage):
     from tests.modelzoo.hf_dir_factory import write_hf_dir
 
     archive = zip_folder(write_hf_dir(tiny_gguf, tmp_path / "tiny-hf"), tmp_path / "tiny-hf.zip")
-    response = admin_http.post("/admin/modelzoo/checkpoint/add/", {
+    response = staff_client.post("/admin/modelzoo/checkpoint/add/", {
         "name": "tiny-hf", "upload": SimpleUploadedFile("tiny-hf.zip", archive.read_bytes()),
     })
     assert response.status_code == 302
