@@ -17,13 +17,20 @@ class CheckpointUploadForm(forms.ModelForm):
 
     class Meta:
         model = Checkpoint
-        fields = ["name", "notes"]
+        fields = ["name", "base", "notes"]
+        help_texts = {"base": "Only for a LoRA adapter (.zip with adapter_config.json + adapter_model.safetensors)."}
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["base"].queryset = Checkpoint.objects.ready().exclude(format=Checkpoint.Format.LORA)
 
     def clean_upload(self):
         upload = self.cleaned_data["upload"]
         suffix = "." + upload.name.rsplit(".", 1)[-1].lower() if "." in upload.name else ""
         if suffix in validation.PICKLE_SUFFIXES:
             raise forms.ValidationError(f"{suffix} files are pickles, which can run code when loaded; upload GGUF or safetensors")
+        if self.data.get("base") and suffix != ".zip":
+            raise forms.ValidationError("A LoRA adapter is uploaded as a .zip of its PEFT folder.")
         if upload.size > settings.CHECKPOINT_MAX_UPLOAD_BYTES:
             raise forms.ValidationError(f"The file is larger than {settings.CHECKPOINT_MAX_UPLOAD_BYTES} bytes.")
         return upload
@@ -31,7 +38,7 @@ class CheckpointUploadForm(forms.ModelForm):
 
 @admin.register(Checkpoint)
 class CheckpointAdmin(admin.ModelAdmin):
-    list_display = ("name", "status", "is_default", "format", "architecture", "quantization", "context_length",
+    list_display = ("name", "status", "is_default", "format", "base", "architecture", "quantization", "context_length",
                     "parameter_count", "uploaded_by", "created")
     list_filter = ("status", "format", "is_default")
     search_fields = ("name", "notes", "sha256")
@@ -45,12 +52,12 @@ class CheckpointAdmin(admin.ModelAdmin):
     def get_readonly_fields(self, request: HttpRequest, obj: Checkpoint | None = None):
         if obj is None:
             return ()
-        return ("status", "status_reason", "is_default", "format", "architecture", "path", "quantization",
+        return ("status", "status_reason", "is_default", "format", "base", "architecture", "path", "quantization",
                 "context_length", "parameter_count", "sha256", "size", "uploaded_by", "created")
 
     def get_fields(self, request: HttpRequest, obj: Checkpoint | None = None):
         if obj is None:
-            return ("name", "upload", "notes")
+            return ("name", "upload", "base", "notes")
         return ("name", "notes") + tuple(self.get_readonly_fields(request, obj))
 
     def save_model(self, request: HttpRequest, obj: Checkpoint, form, change: bool) -> None:
@@ -58,7 +65,8 @@ class CheckpointAdmin(admin.ModelAdmin):
             return super().save_model(request, obj, form, change)
         upload = form.cleaned_data["upload"]  # CheckpointUploadForm checked its type and size
         stored = services.checkpoint_store(
-            name=obj.name, source=upload, file_name=upload.name, uploaded_by=request.user, notes=obj.notes
+            name=obj.name, source=upload, file_name=upload.name, uploaded_by=request.user, notes=obj.notes,
+            base=obj.base,
         )
         obj.pk = stored.pk
         obj.refresh_from_db()

@@ -48,8 +48,11 @@ def _wanted(path: PurePosixPath) -> bool:
     return path.name in CHECKPOINT_FILES or path.suffix == ".safetensors"
 
 
-def extract_checkpoint_zip(archive: Path, destination: Path, *, limits: ArchiveLimits = ArchiveLimits()) -> Path:
-    """Unpack the checkpoint files of `archive` flat into `destination` (which must not exist yet)."""
+def extract_checkpoint_zip(
+    archive: Path, destination: Path, *, adapter: bool = False, limits: ArchiveLimits = ArchiveLimits()
+) -> Path:
+    """Unpack the checkpoint (or, with `adapter`, LoRA adapter) files of `archive` flat into `destination`
+    (which must not exist yet)."""
     try:
         zf = zipfile.ZipFile(archive)
     except zipfile.BadZipFile as error:
@@ -68,8 +71,11 @@ def extract_checkpoint_zip(archive: Path, destination: Path, *, limits: ArchiveL
             if info.file_size > CHUNK_BYTES and info.file_size > limits.max_ratio * max(info.compress_size, 1):
                 raise ArchiveError(f"{info.filename!r} inflates {info.file_size // max(info.compress_size, 1)}x: a zip bomb")
             chosen[path.name] = info
-        if "config.json" not in chosen or not any(name.endswith(".safetensors") for name in chosen):
-            raise ArchiveError("the archive needs config.json and *.safetensors (a Hugging Face model folder)")
+        if adapter and not {"adapter_config.json", "adapter_model.safetensors"} <= chosen.keys():
+            raise ArchiveError("a LoRA adapter needs adapter_config.json and adapter_model.safetensors (PEFT layout)")
+        if not adapter and ("config.json" not in chosen or not any(name.endswith(".safetensors") for name in chosen)):
+            raise ArchiveError("the archive needs config.json and *.safetensors (a Hugging Face model folder); "
+                               "a LoRA adapter is uploaded with its base checkpoint chosen")
         destination.mkdir(parents=True)
         try:
             _inflate(zf, chosen, destination, limits)

@@ -19,6 +19,7 @@ class Checkpoint(models.Model):
     class Format(models.TextChoices):
         GGUF = "gguf", "GGUF"
         SAFETENSORS = "safetensors", "safetensors + config.json"
+        LORA = "lora", "LoRA adapter (on a base checkpoint)"
 
     class Status(models.TextChoices):
         UPLOADED = "uploaded", "Uploaded"
@@ -43,6 +44,10 @@ class Checkpoint(models.Model):
     notes = models.TextField(blank=True)
     architecture = models.CharField(max_length=40, blank=True)
     status_reason = models.TextField(blank=True, help_text="Why validation rejected it, for the admin")
+    base = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="adapters",
+        help_text="For a LoRA adapter: the checkpoint it was trained on",
+    )
     uploaded_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

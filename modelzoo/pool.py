@@ -56,17 +56,20 @@ def _key_lock(key: _CacheKey) -> threading.Lock:
 
 def _load_engine(checkpoint: Checkpoint) -> Engine:
     from modelzoo.engine import Engine, load_checkpoint
+    from modelzoo.engine.lora import merge_adapter
 
-    path = checkpoint.file_path()
-    logger.info("Loading checkpoint %s from %s", checkpoint.name, path)
-    loaded = load_checkpoint(path, device=settings.ENGINE_DEVICE)
+    weights = checkpoint.base if checkpoint.base_id else checkpoint  # an adapter is merged into its base's weights
+    logger.info("Loading checkpoint %s from %s", checkpoint.name, weights.file_path())
+    loaded = load_checkpoint(weights.file_path(), device=settings.ENGINE_DEVICE)
+    if checkpoint.base_id:
+        merge_adapter(loaded.model, checkpoint.file_path())
     return Engine(loaded, max_batch_size=settings.ENGINE_MAX_BATCH_SIZE, max_seq_len=settings.ENGINE_MAX_SEQ_LEN)
 
 
 def _inspect(checkpoint: Checkpoint) -> CheckpointInfo:
     from modelzoo.engine import inspect_checkpoint
 
-    return inspect_checkpoint(checkpoint.file_path())
+    return inspect_checkpoint((checkpoint.base if checkpoint.base_id else checkpoint).file_path())
 
 
 def engine_for(checkpoint: Checkpoint) -> Engine:

@@ -31,19 +31,21 @@ def _safe_file_name(name: str) -> str:
 
 
 def checkpoint_store(
-    *, name: str, source: BinaryIO, file_name: str, uploaded_by: Any = None, notes: str = "", queue_validation: bool = True
+    *, name: str, source: BinaryIO, file_name: str, uploaded_by: Any = None, notes: str = "",
+    base: Checkpoint | None = None, queue_validation: bool = True,
 ) -> Checkpoint:
     """Stream `source` into CHECKPOINT_DIR/<id>/, hashing as it goes, and (by default) queue its validation.
 
     Pickle formats are refused before a byte is written; so is anything over CHECKPOINT_MAX_UPLOAD_BYTES.
+    With `base`, the upload is a LoRA adapter (.zip in the PEFT layout) for that checkpoint.
     """
     suffix = Path(file_name).suffix.lower()
     if suffix in validation.PICKLE_SUFFIXES:
         raise UploadError(f"{suffix} files are pickles, which can run code when loaded; upload GGUF or safetensors")
     with transaction.atomic():
         checkpoint = Checkpoint.objects.create(
-            name=name, format=Checkpoint.Format.GGUF, path="", uploaded_by=uploaded_by, notes=notes,
-            status=Checkpoint.Status.UPLOADED,
+            name=name, format=Checkpoint.Format.LORA if base else Checkpoint.Format.GGUF, path="",
+            uploaded_by=uploaded_by, notes=notes, base=base, status=Checkpoint.Status.UPLOADED,
         )
         folder = Path(settings.CHECKPOINT_DIR) / str(checkpoint.pk)
         target = folder / _safe_file_name(file_name)
@@ -97,7 +99,8 @@ def checkpoint_validate(*, checkpoint_id: int) -> Checkpoint | None:
         timeout_s=settings.VALIDATION_TIMEOUT_S, memory_bytes=settings.VALIDATION_MEMORY_BYTES,
         cpu_s=settings.VALIDATION_TIMEOUT_S * 2,
     )
-    report = validation.validate(checkpoint.file_path(), limits=limits)
+    base = checkpoint.base.file_path() if checkpoint.base_id else None
+    report = validation.validate(checkpoint.file_path(), base=base, limits=limits)
     if report.ok:
         Checkpoint.objects.filter(pk=checkpoint_id).update(
             status=Checkpoint.Status.READY, format=report.format, architecture=report.architecture,
@@ -118,11 +121,15 @@ def _unpack_if_archive(checkpoint: Checkpoint) -> Checkpoint:
     archive = checkpoint.file_path()
     if archive.suffix.lower() != ".zip":
         return checkpoint
+    adapter = checkpoint.format == Checkpoint.Format.LORA
     folder = extract_checkpoint_zip(
-        archive, archive.parent / "model", limits=ArchiveLimits(max_total_bytes=settings.CHECKPOINT_MAX_UNPACKED_BYTES)
+        archive, archive.parent / ("adapter" if adapter else "model"), adapter=adapter,
+        limits=ArchiveLimits(max_total_bytes=settings.CHECKPOINT_MAX_UNPACKED_BYTES),
     )
     archive.unlink()
-    Checkpoint.objects.filter(pk=checkpoint.pk).update(path=str(folder), format=Checkpoint.Format.SAFETENSORS)
+    Checkpoint.objects.filter(pk=checkpoint.pk).update(
+        path=str(folder), format=Checkpoint.Format.LORA if adapter else Checkpoint.Format.SAFETENSORS
+    )
     checkpoint.refresh_from_db()
     return checkpoint
 

@@ -41,8 +41,9 @@ class Report:
     context_length: int = 0
 
 
-def validate(path: Path, *, limits: Limits = Limits()) -> Report:
-    """Check `path` in a limited child process; a Report with ok=False carries the reason for the admin."""
+def validate(path: Path, *, base: Path | None = None, limits: Limits = Limits()) -> Report:
+    """Check `path` (with `base`: a LoRA adapter folder on that base checkpoint) in a limited child process;
+    a Report with ok=False carries the reason for the admin."""
     if path.suffix.lower() in PICKLE_SUFFIXES:
         return Report(ok=False, reason=f"{path.suffix} files are pickles, which can run code on load; "
                                        "upload GGUF or safetensors instead")
@@ -59,7 +60,7 @@ def validate(path: Path, *, limits: Limits = Limits()) -> Report:
                "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
         try:
             child = subprocess.run(
-                [sys.executable, "-m", "modelzoo.validation", str(path.resolve())],
+                [sys.executable, "-m", "modelzoo.validation", str(path.resolve())] + ([str(base.resolve())] if base else []),
                 capture_output=True, timeout=limits.timeout_s, preexec_fn=apply_limits, cwd=scratch, env=env,
             )
         except subprocess.TimeoutExpired:
@@ -76,18 +77,21 @@ def validate(path: Path, *, limits: Limits = Limits()) -> Report:
         return Report(ok=False, reason=f"validation gave no report ({error})")
 
 
-def _check(path: Path) -> Report:
+def _check(path: Path, base: Path | None = None) -> Report:
     """The checks themselves (run in the child): headers, tokenizer, template, weights, a smoke generation."""
     import torch
 
     from modelzoo.engine import Engine, SamplingParams, inspect_checkpoint, load_checkpoint
+    from modelzoo.engine.lora import merge_adapter
 
-    info = inspect_checkpoint(path)
+    info = inspect_checkpoint(base or path)
     prompt = info.chat_template.render([{"role": "user", "content": "Say hello."}], add_generation_prompt=True)
     prompt_ids = info.tokenizer.encode(prompt)
     if not prompt_ids:
         raise ValueError("the tokenizer encoded the chat prompt as nothing")
-    loaded = load_checkpoint(path, device="cpu")
+    loaded = load_checkpoint(base or path, device="cpu")
+    if base is not None:
+        merge_adapter(loaded.model, path)
     for name, tensor in loaded.model.state_dict().items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise ValueError(f"weight {name} holds NaN or Inf values")
@@ -99,7 +103,7 @@ def _check(path: Path) -> Report:
     if not all(0 <= token < info.config.vocab_size for token in result.token_ids):
         raise ValueError("the smoke generation produced token ids outside the vocabulary")
     return Report(
-        ok=True, format=info.format, architecture=getattr(info.config, "arch", "llama"),
+        ok=True, format="lora" if base else info.format, architecture=getattr(info.config, "arch", "llama"),
         quantization=info.quantization, parameter_count=info.parameter_count,
         context_length=info.config.max_seq_len,
     )
@@ -107,7 +111,7 @@ def _check(path: Path) -> Report:
 
 def _main(argv: list[str]) -> int:
     try:
-        report = _check(Path(argv[0]))
+        report = _check(Path(argv[0]), Path(argv[1]) if len(argv) > 1 else None)
     except Exception as error:  # every failure of a hostile file is a rejection with its reason
         message = str(error) or type(error).__name__
         report = Report(ok=False, reason=f"{type(error).__name__}: {message}"[:2000])
