@@ -19,7 +19,7 @@ class CheckpointChoiceField(forms.ModelChoiceField):
 
 
 class JobForm(forms.Form):
-    task = forms.ChoiceField(choices=Job.Task.choices, initial=Job.Task.CODE)
+    task = forms.ChoiceField(choices=[c for c in Job.Task.choices if c[0] in Job.WEB_TASKS], initial=Job.Task.CODE)
     prompt = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 8}),
         error_messages={"required": "Enter a prompt."},

@@ -13,6 +13,15 @@ class Job(models.Model):
         CODE = "code", "Code generation"
         QA = "qa", "Question answering"
         SUMMARIZE = "summarize", "Summarization"
+        CHAT = "chat", "Chat (API)"
+        COMPLETION = "completion", "Completion (API)"
+
+    #: The tasks of the new-job form; chat and completion come through the /v1 API.
+    WEB_TASKS = (Task.CODE, Task.QA, Task.SUMMARIZE)
+
+    class Source(models.TextChoices):
+        WEB = "web", "Web"
+        API = "api", "API"
 
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -37,6 +46,7 @@ class Job(models.Model):
     repetition_penalty = models.FloatField(default=1.0)
 
     checkpoint = models.ForeignKey("modelzoo.Checkpoint", on_delete=models.PROTECT, related_name="jobs")
+    source = models.CharField(max_length=10, choices=Source.choices, default=Source.WEB)
 
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED, db_index=True)
     output = models.TextField(blank=True)
@@ -108,6 +118,7 @@ class Job(models.Model):
         return {
             "id": self.pk,
             "task": self.task,
+            "source": self.source,
             "status": self.status,
             "is_finished": self.is_finished,
             "prompt": self.prompt,
@@ -136,3 +147,27 @@ class Job(models.Model):
             "first_token_at": iso(self.first_token_at),
             "finished_at": iso(self.finished_at),
         }
+
+
+class ApiKey(models.Model):
+    """A user's key for the /v1 API. Only the SHA-256 of the secret is stored; the secret is shown once."""
+
+    PREFIX = "sk-llmsite-"
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100)
+    key_hash = models.CharField(max_length=64, unique=True)
+    hint = models.CharField(max_length=32, help_text="The start of the key, to recognise it")
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.hint}…)"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-CODE, QA, SUMMARIZE, CHAT = "code", "qa", "summarize", "chat"
+CODE, QA, SUMMARIZE, CHAT, COMPLETION = "code", "qa", "summarize", "chat", "completion"
 
 LANGUAGES: dict[str, str] = {
     "python": "Python",
@@ -107,6 +107,8 @@ def build_messages(*, task: str, prompt: str, context: str = "", options: dict |
     if task == SUMMARIZE:
         return summarize_messages(prompt=prompt, length=options.get("length") or DEFAULT_LENGTH)
     if task == CHAT:
+        if options.get("messages"):  # an API chat request: the caller's own conversation, as sent
+            return [{"role": m["role"], "content": m["content"]} for m in options["messages"]]
         return chat_messages(prompt=prompt)
     raise ValueError(f"unknown task {task!r}")
 
@@ -127,6 +129,10 @@ class CheckpointInfoLike(Protocol):
 def prompt_token_ids(
     *, info: CheckpointInfoLike, task: str, prompt: str, context: str = "", options: dict | None = None
 ) -> list[int]:
-    """The job's model input as token ids, with the checkpoint's own tokenizer and chat template."""
+    """The job's model input as token ids, with the checkpoint's own tokenizer and chat template.
+
+    A completion (the /v1/completions API) is the caller's raw text, without any template."""
+    if task == COMPLETION:
+        return info.tokenizer.encode(prompt)
     text = render_prompt(chat_template=info.chat_template, task=task, prompt=prompt, context=context, options=options)
     return info.tokenizer.encode(text)

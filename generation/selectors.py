@@ -24,3 +24,16 @@ def job_list_for_user(*, user: Any, task: str = "", status: str = "", q: str = "
 def job_get_for_user(*, user: Any, job_id: int) -> Job:
     """The user's job; Http404 for a job of anybody else, exactly as for one that does not exist."""
     return get_object_or_404(Job.objects.select_related("checkpoint"), pk=job_id, owner=user)
+
+
+def job_queue_position(*, job: Job) -> int | None:
+    """1 for the next queued job to start, 2 for the one after...; None when the job is not queued."""
+    if job.status != Job.Status.QUEUED:
+        return None
+    return Job.objects.filter(status=Job.Status.QUEUED, pk__lt=job.pk).count() + 1
+
+
+def api_keys_for_user(*, user: Any) -> QuerySet:
+    from generation.models import ApiKey
+
+    return ApiKey.objects.filter(owner=user).order_by("-created_at", "-id")

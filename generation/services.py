@@ -1,7 +1,9 @@
 """Writes of the generation app: create, run, cancel and delete jobs. Views, tasks, admin and tests call these."""
 from __future__ import annotations
 
+import hashlib
 import logging
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -13,8 +15,8 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from generation import prompts
-from generation.models import Job
+from generation import prompts, streams
+from generation.models import ApiKey, Job
 from modelzoo import pool
 from modelzoo.models import Checkpoint
 
@@ -42,6 +44,7 @@ def job_create(
     seed: int | None = None,
     repetition_penalty: float = 1.0,
     prompt_tokens: int | None = None,
+    source: str = Job.Source.WEB,
 ) -> Job:
     """Create a queued job and enqueue it once the transaction commits.
 
@@ -64,6 +67,7 @@ def job_create(
             seed=seed,
             repetition_penalty=repetition_penalty,
             prompt_tokens=prompt_tokens,
+            source=source,
         )
         transaction.on_commit(lambda: job_enqueue(job=job))
     return job
@@ -87,6 +91,7 @@ def job_enqueue(*, job: Job) -> bool:
             status=Job.Status.FAILED, error=reason, finished_at=now
         )
         job.status, job.error, job.finished_at = Job.Status.FAILED, reason, now
+        streams.stream_end(job_id=job.pk, status=Job.Status.FAILED)
         return False
     return True
 
@@ -133,6 +138,7 @@ def _job_fail_lost(*, job_id: int) -> None:
 class _Progress:
     """What the engine reports while it runs (called from its threads): text so far, first-token time, cancel flag."""
 
+    job_id: int
     pieces: list[str] = field(default_factory=list)
     first_token_at: datetime | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
@@ -143,6 +149,7 @@ class _Progress:
             if self.first_token_at is None:
                 self.first_token_at = timezone.now()
             self.pieces.append(piece)
+        streams.stream_append(job_id=self.job_id, text=piece)
 
     def snapshot(self) -> tuple[str, int, datetime | None]:
         with self.lock:
@@ -170,6 +177,7 @@ def _sampling_params(job: Job):
         repetition_penalty=job.repetition_penalty,
         seed=job.seed,
         max_tokens=job.max_tokens,
+        stop=tuple(job.options.get("stop") or ()),
     )
 
 
@@ -178,11 +186,16 @@ def _generate_watched(
 ) -> tuple[Any, datetime | None]:
     """Run Engine.generate in a helper thread while this thread saves progress and watches for cancellation.
 
-    All database access stays in the calling (task) thread; the engine's callbacks only touch memory.
+    The thread listens on the job's cancel channel (job_cancel publishes there), so a Stop reaches the
+    engine's should_cancel at once, i.e. before its next decode step; the partial output is saved every
+    PROGRESS_INTERVAL_S, which also catches a cancel or delete whose message was missed.
+    All database access stays in the calling (task) thread; the engine's callbacks only touch memory and Redis.
     Returns the GenerationResult and the wall-clock time the first token arrived (None if none did).
     """
-    progress = _Progress()
+    progress = _Progress(job_id=job.pk)
     box: dict[str, Any] = {}
+    pubsub = streams.client().pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(streams.cancel_channel(job.pk))
 
     def target() -> None:
         try:
@@ -195,15 +208,34 @@ def _generate_watched(
             )
         except BaseException as exc:  # re-raised in the task thread below
             box["error"] = exc
+        finally:
+            streams.cancel_publish(job_id=job.pk)  # wakes the listening loop below ("done")
 
-    thread = threading.Thread(target=target, name=f"job-{job.pk}", daemon=True)
-    thread.start()
-    while True:
-        thread.join(timeout=PROGRESS_INTERVAL_S)
-        if not thread.is_alive():
-            break
-        if not progress.cancel.is_set() and not _job_progress_save(job=job, progress=progress):
+    try:
+        # A cancel that came between the claim and the subscription: the row already says so.
+        if not Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, attempts=job.attempts).exists():
             progress.cancel.set()
+        thread = threading.Thread(target=target, name=f"job-{job.pk}", daemon=True)
+        thread.start()
+        next_save = time.monotonic() + PROGRESS_INTERVAL_S
+        while thread.is_alive():
+            try:
+                message = pubsub.get_message(timeout=max(0.0, next_save - time.monotonic()))
+            except Exception:  # Redis trouble: fall back to the once-a-second database check
+                time.sleep(max(0.0, min(0.2, next_save - time.monotonic())))
+                message = None
+            if message is not None and thread.is_alive():
+                progress.cancel.set()
+            if time.monotonic() >= next_save:
+                next_save = time.monotonic() + PROGRESS_INTERVAL_S
+                if not progress.cancel.is_set() and not _job_progress_save(job=job, progress=progress):
+                    progress.cancel.set()
+        thread.join()
+    finally:
+        try:
+            pubsub.close()
+        except Exception:
+            pass
     if "error" in box:
         raise box["error"]
     return box["result"], progress.snapshot()[2]
@@ -222,6 +254,7 @@ def job_run(*, job_id: int, redelivered: bool = False) -> Job | None:
         return None
     deadline = time.monotonic() + settings.JOB_TIME_LIMIT_S
     only_ours = Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, attempts=job.attempts)
+    streams.stream_start(job_id=job.pk, attempt=job.attempts)
     try:
         info = pool.checkpoint_info(job.checkpoint)
         prompt_ids = prompts.prompt_token_ids(
@@ -236,7 +269,7 @@ def job_run(*, job_id: int, redelivered: bool = False) -> Job | None:
     except Exception as exc:
         logger.exception("Job %s failed", job.pk)
         only_ours.update(status=Job.Status.FAILED, error=f"{type(exc).__name__}: {exc}", finished_at=timezone.now())
-        return Job.objects.filter(pk=job.pk).first()
+        return _job_stream_end(job_id=job.pk)
 
     status, error = Job.Status.SUCCEEDED, ""
     if result.finish_reason == "timeout":
@@ -247,33 +280,51 @@ def job_run(*, job_id: int, redelivered: bool = False) -> Job | None:
     first_token_at = None
     if completion_tokens:
         first_token_at = first_token_seen or generation_started + timedelta(seconds=result.ttft_s)
-    only_ours.update(
-        status=status,
-        error=error,
-        output=result.text,
-        finish_reason=result.finish_reason,
-        prompt_tokens=len(result.prompt_token_ids),
-        completion_tokens=completion_tokens,
-        batch_size=result.batch_size,
-        first_token_at=first_token_at,
-        decode_s=max(result.elapsed_s - result.ttft_s, 0.0) if completion_tokens else None,
-        finished_at=timezone.now(),
-    )
-    return Job.objects.filter(pk=job.pk).first()
+    stats: dict[str, Any] = {
+        "output": result.text,
+        "finish_reason": result.finish_reason,
+        "prompt_tokens": len(result.prompt_token_ids),
+        "completion_tokens": completion_tokens,
+        "batch_size": result.batch_size,
+        "first_token_at": first_token_at,
+        "decode_s": max(result.elapsed_s - result.ttft_s, 0.0) if completion_tokens else None,
+    }
+    if not only_ours.update(status=status, error=error, finished_at=timezone.now(), **stats):
+        # Cancelled by the user while running: keep the text produced so far on the cancelled row.
+        Job.objects.filter(pk=job.pk, status=Job.Status.CANCELLED, attempts=job.attempts).update(
+            **{**stats, "finish_reason": "cancelled"}
+        )
+    return _job_stream_end(job_id=job.pk)
+
+
+def _job_stream_end(*, job_id: int) -> Job | None:
+    """After the final row is saved: close the job's token stream with its final status."""
+    job = Job.objects.filter(pk=job_id).first()
+    if job is not None and job.is_finished:
+        streams.stream_end(job_id=job_id, status=job.status)
+    return job
 
 
 # --- user actions --------------------------------------------------------------------------------------------
 
 
 def job_cancel(*, job: Job) -> bool:
-    """Cancel a queued or running job (a running one stops at the engine's next step). True when it changed."""
+    """Cancel a queued or running job. True when it changed.
+
+    A queued job is never claimed after this (the claim is conditional on `queued`) and its stream ends here;
+    a running one is told over Redis and stops before the engine's next decode step, keeping its partial
+    output (the worker saves it and ends the stream).
+    """
     now = timezone.now()
-    changed = Job.objects.filter(pk=job.pk, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]).update(
-        status=Job.Status.CANCELLED, finished_at=now, error="cancelled by the user"
-    )
-    if changed:
-        job.refresh_from_db()
-    return bool(changed)
+    cancelled = {"status": Job.Status.CANCELLED, "finished_at": now, "error": "cancelled by the user"}
+    if Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(**cancelled):
+        streams.stream_end(job_id=job.pk, status=Job.Status.CANCELLED)
+    elif Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(**cancelled):
+        streams.cancel_publish(job_id=job.pk)
+    else:
+        return False
+    job.refresh_from_db()
+    return True
 
 
 def job_delete(*, job: Job) -> None:
@@ -299,3 +350,60 @@ def job_rerun_initial(*, job: Job) -> dict[str, Any]:
     if job.checkpoint.is_ready:
         initial["checkpoint"] = job.checkpoint.pk
     return initial
+
+
+def job_replay(*, job: Job) -> Job:
+    """A new queued job with the same task, input, parameters and checkpoint (used for API jobs, whose
+    chat messages or raw prompt the new-job form cannot express)."""
+    return job_create(
+        owner=job.owner,
+        task=job.task,
+        prompt=job.prompt,
+        context=job.context,
+        options=job.options,
+        checkpoint=job.checkpoint,
+        temperature=job.temperature,
+        top_p=job.top_p,
+        top_k=job.top_k,
+        max_tokens=job.max_tokens,
+        seed=job.seed,
+        repetition_penalty=job.repetition_penalty,
+        prompt_tokens=job.prompt_tokens,
+        source=job.source,
+    )
+
+
+def jobs_cancel_unfinished(*, job_ids: list[int]) -> None:
+    """Cancel those of the jobs that are still queued or running (an API client went away)."""
+    for job in Job.objects.filter(pk__in=job_ids, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]):
+        job_cancel(job=job)
+
+
+# --- API keys ------------------------------------------------------------------------------------------------
+
+
+def api_key_create(*, owner: Any, name: str) -> tuple[ApiKey, str]:
+    """A new key for `owner`; returns the row and the secret, which is not stored and cannot be shown again."""
+    secret = ApiKey.PREFIX + secrets.token_urlsafe(32)
+    key = ApiKey.objects.create(
+        owner=owner, name=name.strip() or "key", key_hash=api_key_hash(secret), hint=secret[: len(ApiKey.PREFIX) + 4]
+    )
+    return key, secret
+
+
+def api_key_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def api_key_revoke(*, key: ApiKey) -> None:
+    ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    key.refresh_from_db()
+
+
+def api_key_authenticate(*, secret: str) -> Any | None:
+    """The owner of an active key with this secret (and mark it used), else None."""
+    key = ApiKey.objects.select_related("owner").filter(key_hash=api_key_hash(secret), revoked_at__isnull=True).first()
+    if key is None or not key.owner.is_active:
+        return None
+    ApiKey.objects.filter(pk=key.pk).update(last_used_at=timezone.now())
+    return key.owner

@@ -43,16 +43,42 @@ def preload_default_checkpoint() -> None:
         close_old_connections()
 
 
-@worker_ready.connect
-def _preload_on_worker_ready(**kwargs: Any) -> None:
+_heartbeat_stop = threading.Event()
+
+
+def heartbeat(*, name: str) -> None:
+    """Tell the web side this worker is alive (the /v1 API answers 503 when none is), until shutdown."""
     from django.conf import settings
 
+    from generation import streams
+
+    interval = settings.WORKER_HEARTBEAT_TTL_S / 3
+    while not _heartbeat_stop.is_set():
+        try:
+            streams.worker_heartbeat(name=name)
+        except Exception as exc:
+            logger.warning("Heartbeat not sent: %s", exc)
+        _heartbeat_stop.wait(interval)
+
+
+@worker_ready.connect
+def _preload_on_worker_ready(sender: Any = None, **kwargs: Any) -> None:
+    from django.conf import settings
+
+    name = getattr(sender, "hostname", None) or "worker"
+    threading.Thread(target=heartbeat, kwargs={"name": name}, name="heartbeat", daemon=True).start()
     if settings.WORKER_PRELOAD_DEFAULT:
         threading.Thread(target=preload_default_checkpoint, name="preload-default", daemon=True).start()
 
 
 @worker_shutdown.connect
-def _close_engines_on_shutdown(**kwargs: Any) -> None:
+def _close_engines_on_shutdown(sender: Any = None, **kwargs: Any) -> None:
+    from generation import streams
     from modelzoo import pool
 
+    _heartbeat_stop.set()
+    try:
+        streams.worker_gone(name=getattr(sender, "hostname", None) or "worker")
+    except Exception:
+        logger.warning("Could not unregister this worker's heartbeat")
     pool.clear()

@@ -9,6 +9,8 @@ urlpatterns = [
     path("jobs/", views.job_list, name="job_list"),
     path("jobs/<int:job_id>/", views.job_detail, name="job_detail"),
     path("jobs/<int:job_id>.json", views.job_json, name="job_json"),
+    path("jobs/<int:job_id>/stream", views.job_stream, name="job_stream"),
     path("jobs/<int:job_id>/delete/", views.job_delete, name="job_delete"),
     path("jobs/<int:job_id>/cancel/", views.job_cancel, name="job_cancel"),
+    path("jobs/<int:job_id>/replay/", views.job_replay, name="job_replay"),
 ]

@@ -1,16 +1,21 @@
 """Thin views: validate with a form, call one service or selector, respond. Auth lives in the decorators."""
 from __future__ import annotations
 
+import re
+import time
+from typing import AsyncIterator
+
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from generation import health, selectors, services
+from generation import health, selectors, services, streams
 from generation.forms import JobForm
 from generation.models import Job
 from generation.rendering import render_output
@@ -76,7 +81,8 @@ def job_list(request: HttpRequest) -> HttpResponse:
 @require_GET
 def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
     job = selectors.job_get_for_user(user=request.user, job_id=job_id)
-    return render(request, "generation/job_detail.html", {"job": job})
+    position = selectors.job_queue_position(job=job)
+    return render(request, "generation/job_detail.html", {"job": job, "queue_position": position})
 
 
 @never_cache
@@ -84,9 +90,76 @@ def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
 @require_GET
 def job_json(request: HttpRequest, job_id: int) -> JsonResponse:
     job = selectors.job_get_for_user(user=request.user, job_id=job_id)
+    return JsonResponse(_job_state(job))
+
+
+def _job_state(job: Job) -> dict:
     data = job.to_dict()
     data["output_html"] = render_output(job.output, task=job.task, language=job.language())
-    return JsonResponse(data)
+    data["queue_position"] = selectors.job_queue_position(job=job)
+    return data
+
+
+_EVENT_ID = re.compile(r"^\d+-\d+$")
+#: A finished job whose stream has no end entry this long after finishing gets its end from the database.
+STREAM_END_GRACE_S = 3.0
+
+
+@never_cache
+@login_required
+@require_GET
+async def job_stream(request: HttpRequest, job_id: int) -> StreamingHttpResponse:
+    """Server-sent events of one job: its tokens from the start (or after Last-Event-ID) as they come, the
+    queue position while it waits, and at the end the stored job (the same JSON as /jobs/<id>.json)."""
+    user = await request.auser()
+    job = await sync_to_async(selectors.job_get_for_user)(user=user, job_id=job_id)
+    last_id = request.headers.get("Last-Event-ID", "")
+    response = StreamingHttpResponse(
+        _job_events(job_id=job.pk, last_id=last_id if _EVENT_ID.match(last_id) else "0"),
+        content_type="text/event-stream",
+    )
+    response["X-Accel-Buffering"] = "no"  # proxies: do not buffer the stream
+    return response
+
+
+def _job_state_now(job_id: int) -> dict:
+    return _job_state(Job.objects.select_related("checkpoint").get(pk=job_id))
+
+
+async def _job_events(*, job_id: int, last_id: str) -> AsyncIterator[bytes]:
+    yield b"retry: 1000\n\n"
+    state = await sync_to_async(_job_state_now)(job_id=job_id)
+    if state["queue_position"] is not None:
+        yield streams.sse(event="queued", data={"position": state["queue_position"]})
+    async for _, entry_id, kind, value in streams.read_events(job_ids=[job_id], last_id=last_id):
+        if kind == "t":
+            yield streams.sse(event="token", data={"text": value}, id=entry_id)
+        elif kind == "start":
+            yield streams.sse(event="start", data={"attempt": int(value)}, id=entry_id)
+        elif kind == "end":
+            yield streams.sse(event="end", data=await sync_to_async(_job_state_now)(job_id=job_id), id=entry_id)
+            return
+        else:  # idle: nothing new for a while
+            try:
+                state = await sync_to_async(_job_state_now)(job_id=job_id)
+            except Job.DoesNotExist:
+                return
+            if state["queue_position"] is not None:
+                yield streams.sse(event="queued", data={"position": state["queue_position"]})
+            elif state["is_finished"] and _finished_for(state) > STREAM_END_GRACE_S:
+                # No end entry is coming (its stream expired, or the job ended without a worker).
+                yield streams.sse(event="end", data=state)
+                return
+            else:
+                yield b": keep-alive\n\n"
+
+
+def _finished_for(state: dict) -> float:
+    from datetime import datetime
+
+    if not state["finished_at"]:
+        return float("inf")
+    return time.time() - datetime.fromisoformat(state["finished_at"]).timestamp()
 
 
 @login_required
@@ -102,10 +175,21 @@ def job_delete(request: HttpRequest, job_id: int) -> HttpResponse:
 
 @login_required
 @require_POST
+def job_replay(request: HttpRequest, job_id: int) -> HttpResponse:
+    """Run the same input again as a new job (API jobs' chat messages and raw prompts included)."""
+    job = selectors.job_get_for_user(user=request.user, job_id=job_id)
+    new = services.job_replay(job=job)
+    if new.status == Job.Status.FAILED:
+        messages.error(request, new.error)
+    return redirect(new)
+
+
+@login_required
+@require_POST
 def job_cancel(request: HttpRequest, job_id: int) -> HttpResponse:
     job = selectors.job_get_for_user(user=request.user, job_id=job_id)
     if services.job_cancel(job=job):
-        messages.success(request, f"Job {job_id} cancelled.")
+        messages.success(request, f"Job {job_id} stopped.")
     return redirect(job)
 
 

@@ -245,3 +245,15 @@ VALIDATION_TIMEOUT_S = envint("VALIDATION_TIMEOUT_S", 600, minimum=1)
 VALIDATION_MEMORY_BYTES = envint("VALIDATION_MEMORY_BYTES", 16 * 1024**3, minimum=256 * 1024**2)
 # Uploads larger than this go to a temporary file instead of memory, chunk by chunk.
 FILE_UPLOAD_MAX_MEMORY_SIZE = envint("FILE_UPLOAD_MAX_MEMORY_SIZE", 8 * 1024**2, minimum=0)
+
+# --- Streams and the /v1 API ---------------------------------------------------------------------------------
+#: How long a finished job's token stream stays in Redis (late or reconnecting readers replay it).
+STREAM_TTL_S = envint("STREAM_TTL_S", 3600, minimum=1)
+#: A worker counts as alive while its last heartbeat (every WORKER_HEARTBEAT_TTL_S / 3) is this recent.
+WORKER_HEARTBEAT_TTL_S = envint("WORKER_HEARTBEAT_TTL_S", 15, minimum=3)
+#: /v1 requests one user may make per minute (0 = no limit).
+API_RATE_LIMIT_PER_MIN = envint("API_RATE_LIMIT_PER_MIN", 60, minimum=0)
+#: Unfinished jobs one user may have before /v1 answers 429 (0 = no limit).
+API_MAX_ACTIVE_JOBS_PER_USER = envint("API_MAX_ACTIVE_JOBS_PER_USER", 16, minimum=0)
+#: Queued jobs of all users before /v1 answers 429 (0 = no limit).
+QUEUE_MAX_LENGTH = envint("QUEUE_MAX_LENGTH", 1000, minimum=0)

@@ -8,5 +8,6 @@ urlpatterns = [
     path("healthz", generation_views.healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("accounts/", include("generation.accounts.urls")),
+    path("v1/", include("generation.api_urls")),
     path("", include("generation.urls")),
 ]

@@ -115,3 +115,50 @@ def worker(transactional_db) -> WorkerProcess:
     process.start()
     yield process
     process.stop()
+
+
+class WebProcess:
+    """The site under uvicorn (ASGI, like `manage.py runsite`) in a child process on a free port, against the
+    test database: what the async streaming views need (pytest-django's live_server is a WSGI thread)."""
+
+    def __init__(self, database: str) -> None:
+        self.database = database
+        self.port = localredis.free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = VAR / "test-web.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, *, timeout_s: float = 60.0) -> None:
+        import urllib.request
+
+        VAR.mkdir(exist_ok=True)
+        env = dict(os.environ, DATABASE_URL=self.database)
+        env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "llmsite.asgi:application", "--host", "127.0.0.1",
+             "--port", str(self.port), "--no-access-log", "--lifespan", "off"],
+            cwd=ROOT, env=env, stdout=self.log_path.open("w"), stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.url}/accounts/login/", timeout=2).read()
+                return
+            except Exception:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"web server did not start:\n{self.log_path.read_text()}")
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            localredis.stop(self.process, timeout_s=10)
+
+
+@pytest.fixture
+def web(transactional_db) -> WebProcess:
+    from django.db import connection
+
+    process = WebProcess(database_url(connection.settings_dict))
+    process.start()
+    yield process
+    process.stop()

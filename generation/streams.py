@@ -1,0 +1,145 @@
+"""A Redis stream per job carries its tokens from the worker to every reader (job page SSE, the /v1 API).
+
+Entries of `job:<id>:tokens`, in order:
+- `{"start": attempt}`  when a worker claims the job (a re-claim deletes the old entries first: readers
+  that saw them get a `reset`),
+- `{"t": delta}`        per generated piece of text (the deltas concatenate to the stored output),
+- `{"end": status}`     once the final row is saved; the key then expires after STREAM_TTL_S.
+
+Cancelling a running job is published on `job:<id>:cancel`, which the worker's task thread listens to, so the
+engine's should_cancel turns true within one decode step.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any, AsyncIterator
+
+import redis
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+WORKERS_KEY = "llmsite:workers"  # zset: worker name -> last heartbeat (unix time)
+
+
+def tokens_key(job_id: int) -> str:
+    return f"job:{job_id}:tokens"
+
+
+def cancel_channel(job_id: int) -> str:
+    return f"job:{job_id}:cancel"
+
+
+_client: redis.Redis | None = None
+
+
+def client() -> redis.Redis:
+    """A process-wide sync client (thread-safe connection pool)."""
+    global _client
+    if _client is None:
+        _client = redis.Redis.from_url(
+            settings.REDIS_URL, socket_connect_timeout=settings.BROKER_CONNECT_TIMEOUT_S, socket_timeout=10
+        )
+    return _client
+
+
+# --- worker side ---------------------------------------------------------------------------------------------
+
+
+def stream_start(*, job_id: int, attempt: int) -> None:
+    """A fresh stream for this attempt (a re-claimed job starts over, and so do its readers)."""
+    try:
+        pipe = client().pipeline()
+        pipe.delete(tokens_key(job_id))
+        pipe.xadd(tokens_key(job_id), {"start": attempt})
+        pipe.expire(tokens_key(job_id), settings.JOB_TIME_LIMIT_S + settings.STREAM_TTL_S)
+        pipe.execute()
+    except redis.RedisError as exc:
+        logger.warning("Job %s: stream not started: %s", job_id, exc)
+
+
+def stream_append(*, job_id: int, text: str) -> None:
+    """Called from the engine's thread per token: one XADD, never raises (the DB keeps the real output)."""
+    try:
+        client().xadd(tokens_key(job_id), {"t": text})
+    except redis.RedisError as exc:
+        logger.warning("Job %s: token not streamed: %s", job_id, exc)
+
+
+def stream_end(*, job_id: int, status: str) -> None:
+    try:
+        pipe = client().pipeline()
+        pipe.xadd(tokens_key(job_id), {"end": status})
+        pipe.expire(tokens_key(job_id), settings.STREAM_TTL_S)
+        pipe.execute()
+    except redis.RedisError as exc:
+        logger.warning("Job %s: end of stream not written: %s", job_id, exc)
+
+
+def cancel_publish(*, job_id: int) -> None:
+    try:
+        client().publish(cancel_channel(job_id), "cancel")
+    except redis.RedisError as exc:
+        logger.warning("Job %s: cancel not published (the worker notices within a second): %s", job_id, exc)
+
+
+def worker_heartbeat(*, name: str) -> None:
+    client().zadd(WORKERS_KEY, {name: time.time()})
+
+
+def worker_gone(*, name: str) -> None:
+    client().zrem(WORKERS_KEY, name)
+
+
+def workers_alive() -> int:
+    """Workers that sent a heartbeat within WORKER_HEARTBEAT_TTL_S."""
+    try:
+        return int(client().zcount(WORKERS_KEY, time.time() - settings.WORKER_HEARTBEAT_TTL_S, "+inf"))
+    except redis.RedisError:
+        return 0
+
+
+# --- reader side (async) -------------------------------------------------------------------------------------
+
+
+def _decode(fields: dict[bytes, bytes]) -> tuple[str, Any]:
+    (name, value), = fields.items()
+    return name.decode(), value.decode()
+
+
+async def read_events(
+    *, job_ids: list[int], last_id: str = "0", block_ms: int = 1000
+) -> AsyncIterator[tuple[int, str, str, Any]]:
+    """Yield (job_id, entry_id, kind, value) for every entry of the jobs' streams from `last_id` on, following
+    them until each has its end entry. kind is "start" | "t" | "end" | "idle" (a BLOCK timeout, value None,
+    job_id -1), so the caller can look at the database now and then."""
+    import redis.asyncio as aredis
+
+    conn = aredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=settings.BROKER_CONNECT_TIMEOUT_S)
+    positions = {tokens_key(job_id): last_id for job_id in job_ids}
+    by_key = {tokens_key(job_id): job_id for job_id in job_ids}
+    try:
+        while positions:
+            reply = await conn.xread(positions, block=block_ms, count=256)
+            if not reply:
+                yield -1, "", "idle", None
+                continue
+            for key, entries in reply:
+                key = key.decode()
+                for entry_id, fields in entries:
+                    entry_id = entry_id.decode()
+                    positions[key] = entry_id
+                    kind, value = _decode(fields)
+                    yield by_key[key], entry_id, kind, value
+                    if kind == "end":
+                        positions.pop(key, None)
+                        break
+    finally:
+        await conn.aclose()
+
+
+def sse(*, event: str, data: Any, id: str | None = None) -> bytes:
+    head = f"id: {id}\n" if id else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data)}\n\n".encode()
