@@ -23,8 +23,8 @@ _port = localredis.free_port()
 os.environ["REDIS_URL"] = f"redis://127.0.0.1:{_port}/0"
 # A short job time limit and a visibility timeout just above it, so a job whose worker was killed is
 # redelivered within seconds in the tests instead of after the production default.
-os.environ.setdefault("JOB_TIME_LIMIT_S", "30")
-os.environ.setdefault("CELERY_VISIBILITY_TIMEOUT_S", "35")
+os.environ.setdefault("JOB_TIME_LIMIT_S", "60")
+os.environ.setdefault("CELERY_VISIBILITY_TIMEOUT_S", "65")
 os.environ.setdefault("CELERY_RESTORE_INTERVAL_S", "1")
 os.environ["CHECKPOINT_DIR"] = str(VAR / "test-checkpoints")  # uploads made by tests stay out of the real store
 # Playwright's sync API runs an event loop in the test thread; the ORM calls of the tests are still sync.

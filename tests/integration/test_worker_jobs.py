@@ -42,7 +42,7 @@ def test_it_runs_a_job_of_each_task_to_success(worker, owner_client, checkpoint,
 
 def test_it_redelivers_a_job_whose_worker_was_killed_mid_job(worker, owner_client, checkpoint, wait_for_job):
     job_id = submit(owner_client, {
-        "task": "code", "language": "python", "max_tokens": 160,
+        "task": "code", "language": "python", "max_tokens": 96,
         "prompt": "Write a Python class for a linked list with methods to insert, delete, search, reverse "
                   "and print, each with a docstring, and a short example of using it.",
     })
