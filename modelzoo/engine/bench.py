@@ -7,6 +7,7 @@ request produces exactly `max_tokens` tokens.
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import statistics
 import time
@@ -16,7 +17,8 @@ from typing import Any
 
 import torch
 
-from .checkpoint import default_checkpoint_path, load_checkpoint
+from . import bench_others
+from .checkpoint import DEFAULT_QUANTIZATION, default_checkpoint_path, load_checkpoint
 from .engine import Engine
 from .sampling import SamplingParams
 
@@ -51,10 +53,15 @@ def run_bench(
     prompt_tokens: int = 200,
     concurrency: tuple[int, ...] = (1, 4, 16),
     device: str | None = None,
+    quantization: str | None = DEFAULT_QUANTIZATION,
+    against_llamacpp: bool = False,
+    against_transformers: bool = False,
 ) -> dict[str, Any]:
+    """Our figures; with against_* also the other engine's on the same file, prompt and
+    threads, and the ratios ours/theirs (under "llamacpp" / "transformers" and "ratios")."""
     path = Path(path) if path else default_checkpoint_path()
     t0 = time.perf_counter()
-    ckpt = load_checkpoint(path, device=device)
+    ckpt = load_checkpoint(path, device=device, quantization=quantization)
     load_s = time.perf_counter() - t0
     max_batch = max(concurrency)
     prompt = bench_prompt(ckpt.tokenizer, ckpt.chat_template, prompt_tokens)
@@ -81,10 +88,11 @@ def run_bench(
             aggregate[str(n)] = statistics.median(samples)
     finally:
         engine.close()
-    return {
+    result = {
         "checkpoint": path.name,
         "device": str(ckpt.device),
         "dtype": str(ckpt.model.tok_embeddings.weight.dtype).removeprefix("torch."),
+        "quantization": ckpt.quantization,
         "torch_threads": torch.get_num_threads(),
         "runs": runs,
         "max_tokens": max_tokens,
@@ -94,5 +102,21 @@ def run_bench(
         "decode_tokens_per_s": statistics.median(single),
         "ttft_s": statistics.median(ttft),
         "aggregate_tokens_per_s": aggregate,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),  # before any other engine runs in this process
+        "load_average": os.getloadavg()[0],
     }
+    del engine, ckpt
+    if against_llamacpp:
+        if bench_others.available("llama_cpp"):
+            theirs = bench_others.run_llamacpp(path, prompt, max_tokens=max_tokens, runs=runs, concurrency=concurrency,
+                                               threads=torch.get_num_threads())
+            result["llamacpp"] = {**theirs, "ratios": bench_others.ratios(result, theirs)}
+        else:
+            result["llamacpp"] = {"error": "llama-cpp-python is not installed (see requirements-bench.txt)"}
+    if against_transformers:
+        if bench_others.available("transformers"):
+            theirs = bench_others.run_transformers(path, prompt, max_tokens=max_tokens, runs=runs)
+            result["transformers"] = {**theirs, "ratios": bench_others.ratios(result, theirs)}
+        else:
+            result["transformers"] = {"error": "transformers is not installed (see requirements-bench.txt)"}
+    return result

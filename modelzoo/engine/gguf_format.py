@@ -7,6 +7,7 @@ dequantizers. Reading metadata touches no tensor data.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -135,18 +136,21 @@ def unpermute_rotary(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 PERMUTED_ROPE_ARCHS = frozenset({"llama", "mistral", "granite"})
 
 
-def read_state_dict(reader: Any, *, arch: str, n_heads: int, n_kv_heads: int) -> dict[str, torch.Tensor]:
-    """Every tensor dequantized to float32, renamed to our module names, q/k un-permuted."""
+def iter_tensors(reader: Any, *, arch: str, n_heads: int, n_kv_heads: int) -> Iterator[tuple[str, torch.Tensor]]:
+    """(our name, float32 tensor) one at a time in file order, dequantized and q/k un-permuted.
+
+    One at a time so a loader can fuse and quantize layer by layer without holding
+    every float32 weight at once.
+    """
     from gguf.quants import dequantize
 
     unpermute = arch in PERMUTED_ROPE_ARCHS
-
-    state: dict[str, torch.Tensor] = {}
     for t in reader.tensors:
         name = _our_name(t.name)
         array = dequantize(t.data, t.tensor_type)  # numpy, shape reversed from GGUF's (ne0 fastest)
         # F32 tensors come back as read-only views of the memory map: copy those.
         tensor = torch.from_numpy(np.array(array, dtype=np.float32, copy=not array.flags.writeable))
+        del array
         expected = tuple(int(n) for n in reversed(t.shape))
         assert tuple(tensor.shape) == expected, (t.name, tensor.shape, expected)
         if not unpermute:
@@ -155,5 +159,13 @@ def read_state_dict(reader: Any, *, arch: str, n_heads: int, n_kv_heads: int) ->
             tensor = unpermute_rotary(tensor, n_heads)
         elif name.endswith("attention.wk.weight") or name.endswith("attention.wk.bias"):
             tensor = unpermute_rotary(tensor, n_kv_heads)
+        yield name, tensor
+
+
+def read_state_dict(reader: Any, *, arch: str, n_heads: int, n_kv_heads: int) -> dict[str, torch.Tensor]:
+    """Every tensor dequantized to float32, renamed to our module names, q/k un-permuted."""
+    state: dict[str, torch.Tensor] = {}
+    for name, tensor in iter_tensors(reader, arch=arch, n_heads=n_heads, n_kv_heads=n_kv_heads):
+        assert name not in state, f"duplicate tensor {name}"
         state[name] = tensor
     return state

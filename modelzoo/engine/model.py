@@ -62,16 +62,22 @@ class KVCache(nn.Module):
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
     def update(
-        self, slots: torch.Tensor, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: int
+        self, slots: torch.Tensor, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: int,
+        first_slots: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k/v (B, K, T, hd) at (slot, position) per row; return each row's first `length`
-        cached positions (B, K, length, hd), in the compute dtype."""
+        cached positions (B, K, length, hd), in the compute dtype.
+
+        `first_slots` promises slots == arange(B) (the engine keeps its batch packed that way)."""
         # slots (B, 1) and positions (B, T) broadcast to (B, T); advanced indexing puts them first: (B, T, K, hd)
         self.k[slots[:, None], :, positions] = k.transpose(1, 2).to(self.k.dtype)
         self.v[slots[:, None], :, positions] = v.transpose(1, 2).to(self.v.dtype)
-        # narrow first, then gather rows: copies only (B, K, length, hd)
-        k_rows = self.k[:, :, :length].index_select(0, slots)
-        v_rows = self.v[:, :, :length].index_select(0, slots)
+        B = slots.shape[0]
+        if first_slots:  # rows are slots 0..B-1 in order: a view, so the dtype cast below is the only copy
+            k_rows, v_rows = self.k[:B, :, :length], self.v[:B, :, :length]
+        else:  # narrow first, then gather rows: copies only (B, K, length, hd)
+            k_rows = self.k[:, :, :length].index_select(0, slots)
+            v_rows = self.v[:, :, :length].index_select(0, slots)
         return k_rows.to(k.dtype), v_rows.to(v.dtype)
 
 
@@ -91,6 +97,7 @@ class Attention(nn.Module):
         cache: KVCache | None,
         slots: torch.Tensor | None,
         positions: torch.Tensor,
+        first_slots: bool = False,
     ) -> torch.Tensor:
         cfg = self.cfg
         B, T, _ = x.shape
@@ -102,7 +109,7 @@ class Attention(nn.Module):
         k = apply_rope(k, cos, sin)
         if cache is not None:
             assert slots is not None
-            k, v = cache.update(slots, positions, k, v, mask.shape[-1])  # (B, K, S, hd)
+            k, v = cache.update(slots, positions, k, v, mask.shape[-1], first_slots)  # (B, K, S, hd)
         gqa = cfg.n_rep > 1  # SDPA shares each k/v head among n_rep query heads without copying
         if mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)  # no cache: plain causal
@@ -133,8 +140,9 @@ class Block(nn.Module):
         self.feed_forward = FeedForward(cfg)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
-                cache: KVCache | None, slots: torch.Tensor | None, positions: torch.Tensor) -> torch.Tensor:
-        x = x + self.attention(self.attention_norm(x), cos, sin, mask, cache, slots, positions)
+                cache: KVCache | None, slots: torch.Tensor | None, positions: torch.Tensor,
+                first_slots: bool = False) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x), cos, sin, mask, cache, slots, positions, first_slots)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -166,12 +174,14 @@ class Transformer(nn.Module):
         slots: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         logit_index: torch.Tensor | None = None,
+        first_slots: bool = False,
     ) -> torch.Tensor:
         """tokens (B, T) -> logits (B, T, V) in float32, or (B, 1, V) at `logit_index` (B,).
 
         Without `slots`: a plain causal pass over the tokens (no cache).
         With `caches` and `slots` (B,): rows write cache slots at `positions` (B, T) and attend to
-        cache positions [0, S) where `mask` (B, 1, T, S) allows.
+        cache positions [0, S) where `mask` (B, 1, T, S) allows. `first_slots=True` promises
+        slots == arange(B), which lets the cache read be a view instead of a gather.
         """
         B, T = tokens.shape
         if positions is None:
@@ -184,42 +194,54 @@ class Transformer(nn.Module):
         else:
             assert slots is not None and mask is not None, "a cached pass needs slots and a mask"
             for layer, cache in zip(self.layers, caches):
-                x = layer(x, cos, sin, mask, cache, slots, positions)
+                x = layer(x, cos, sin, mask, cache, slots, positions, first_slots)
         if logit_index is not None:
             x = x[torch.arange(B, device=x.device), logit_index][:, None]  # (B, 1, D): only the logits we sample
         return self.output(self.norm(x)).float()  # (B, T, V)
 
 
+def fuse_layer(state: dict[str, torch.Tensor], i: int, cfg: ModelConfig) -> None:
+    """Layer i's unfused wq/wk/wv and w1/w3 -> our fused wqkv/w13, in place (the unfused copies are freed)."""
+    p = f"layers.{i}."
+    state[p + "attention.wqkv.weight"] = torch.cat([state.pop(p + f"attention.w{n}.weight") for n in "qkv"], dim=0)
+    if cfg.qkv_bias:
+        state[p + "attention.wqkv.bias"] = torch.cat([state.pop(p + f"attention.w{n}.bias") for n in "qkv"], dim=0)
+    state[p + "feed_forward.w13.weight"] = torch.cat(
+        [state.pop(p + "feed_forward.w1.weight"), state.pop(p + "feed_forward.w3.weight")], dim=0
+    )
+
+
+def fuse_top(state: dict[str, torch.Tensor], cfg: ModelConfig) -> None:
+    """Drop a stored output head that merely repeats the tied embedding table, in place."""
+    if cfg.tie_embeddings:
+        assert "output.weight" not in state or torch.equal(state["output.weight"], state["tok_embeddings.weight"])
+        state.pop("output.weight", None)
+
+
 def fuse_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """Unfused names (wq/wk/wv, w1/w3) -> our fused wqkv/w13, in place (so the unfused copies are freed)."""
-    out = state
     for i in range(cfg.n_layers):
-        p = f"layers.{i}."
-        out[p + "attention.wqkv.weight"] = torch.cat([out.pop(p + f"attention.w{n}.weight") for n in "qkv"], dim=0)
-        if cfg.qkv_bias:
-            out[p + "attention.wqkv.bias"] = torch.cat([out.pop(p + f"attention.w{n}.bias") for n in "qkv"], dim=0)
-        out[p + "feed_forward.w13.weight"] = torch.cat(
-            [out.pop(p + "feed_forward.w1.weight"), out.pop(p + "feed_forward.w3.weight")], dim=0
-        )
-    if cfg.tie_embeddings:
-        assert "output.weight" not in out or torch.equal(out["output.weight"], out["tok_embeddings.weight"])
-        out.pop("output.weight", None)
-    return out
+        fuse_layer(state, i, cfg)
+    fuse_top(state, cfg)
+    return state
 
 
 def load_strict(model: Transformer, state: dict[str, torch.Tensor], *, device: torch.device, dtype: torch.dtype) -> None:
-    """Load a fused state dict, asserting the key sets and every shape match exactly.
+    """Load a fused (and possibly quantized) state dict, asserting the key sets and every shape match exactly.
 
     Works on a model built on the meta device (tensors are assigned, not copied into).
+    Floating tensors are cast to `dtype`; integer (quantized) tensors keep theirs.
     """
+    tied = model.cfg.tie_embeddings and isinstance(model.output, nn.Linear)  # a quantized head has its own copy
     expected = {k: v.shape for k, v in model.state_dict().items()}
-    if model.cfg.tie_embeddings:
+    if tied:
         expected.pop("output.weight")
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     assert not missing and not unexpected, f"missing {missing[:5]}, unexpected {unexpected[:5]}"
     for k, shape in expected.items():
         assert tuple(state[k].shape) == tuple(shape), f"{k}: {tuple(state[k].shape)} != {tuple(shape)}"
-    model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()}, strict=False, assign=True)
-    if model.cfg.tie_embeddings:
+    cast = {k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device) for k, v in state.items()}
+    model.load_state_dict(cast, strict=False, assign=True)
+    if tied:
         model.output.weight = model.tok_embeddings.weight

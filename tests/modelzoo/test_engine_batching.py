@@ -67,13 +67,13 @@ def run_alone(ckpt, prompt: str, params: SamplingParams) -> list[int]:
 def test_it_batches_like_one_at_a_time(ckpt, engine, sampled):
     def params(i: int) -> SamplingParams:
         if sampled:
-            return SamplingParams(temperature=0.9, top_k=20, top_p=0.95, seed=100 + i, max_tokens=8 + 5 * i)
-        return SamplingParams(max_tokens=8 + 5 * i)
+            return SamplingParams(temperature=0.9, top_k=20, top_p=0.95, seed=100 + i, max_tokens=24 + 5 * i)
+        return SamplingParams(max_tokens=24 + 5 * i)
 
     expected = [run_alone(ckpt, p, params(i)) for i, p in enumerate(PROMPTS)]
 
     def staggered(i: int) -> tuple[list[int], int]:
-        time.sleep(0.01 * i)  # join a running batch at different steps
+        time.sleep(0.003 * i)  # join a running batch at different steps (long enough runs to overlap on a busy machine)
         r = engine.generate(enc(ckpt, PROMPTS[i]), params(i))
         return r.token_ids, r.batch_size
 

@@ -1,4 +1,5 @@
-"""python manage.py bench [--json] [--max-tokens N] [--runs K] [--checkpoint PATH]"""
+"""python manage.py bench [--json] [--max-tokens N] [--runs K] [--checkpoint PATH] [--quantization Q]
+[--against-llamacpp] [--against-transformers]"""
 
 from __future__ import annotations
 
@@ -18,13 +19,25 @@ class Command(BaseCommand):
         parser.add_argument("--max-tokens", type=int, default=128, help="new tokens per request")
         parser.add_argument("--runs", type=int, default=3, help="runs per figure (the median is reported)")
         parser.add_argument("--checkpoint", default=None, help="GGUF file or safetensors directory (default: bundled)")
+        parser.add_argument("--quantization", choices=["none", "int8", "int4"], default=None,
+                            help="weight-only quantization of our engine (default: the engine's default)")
+        parser.add_argument("--against-llamacpp", action="store_true",
+                            help="also run llama.cpp (llama-cpp-python) on the same GGUF and print ratios")
+        parser.add_argument("--against-transformers", action="store_true",
+                            help="also run Hugging Face transformers (fp32) on the same file and print ratios")
 
     def handle(self, *args: Any, **opts: Any) -> None:
-        result = run_bench(opts["checkpoint"], max_tokens=opts["max_tokens"], runs=opts["runs"])
+        extra: dict[str, Any] = {}
+        if opts["quantization"] is not None:
+            extra["quantization"] = None if opts["quantization"] == "none" else opts["quantization"]
+        result = run_bench(opts["checkpoint"], max_tokens=opts["max_tokens"], runs=opts["runs"],
+                           against_llamacpp=opts["against_llamacpp"], against_transformers=opts["against_transformers"], **extra)
         if opts["json"]:
             self.stdout.write(json.dumps(result))
             return
-        self.stdout.write(f"{result['checkpoint']} on {result['device']} ({result['dtype']}, {result['torch_threads']} threads)")
+        self.stdout.write(f"{result['checkpoint']} on {result['device']} ({result['dtype']}, weights "
+                          f"{result['quantization'] or 'float'}, {result['torch_threads']} threads, load average "
+                          f"{result['load_average']:.2f})")
         self.stdout.write(f"  load                 {result['load_s']:.1f} s")
         self.stdout.write(f"  prefill              {result['prefill_tokens_per_s']:.0f} tok/s ({result['prompt_tokens']}-token prompt)")
         self.stdout.write(f"  decode, one stream   {result['decode_tokens_per_s']:.1f} tok/s")
@@ -32,3 +45,19 @@ class Command(BaseCommand):
         for n, tps in result["aggregate_tokens_per_s"].items():
             self.stdout.write(f"  aggregate, {n:>2} streams {tps:.1f} tok/s")
         self.stdout.write(f"  peak RSS             {result['peak_rss_mb']:.0f} MB")
+        for key in ("llamacpp", "transformers"):
+            other = result.get(key)
+            if other is None:
+                continue
+            if "error" in other:
+                self.stdout.write(f"{key}: {other['error']}")
+                continue
+            self.stdout.write(f"{other['engine']}: ours / theirs (> 1 means we are faster)")
+            self.stdout.write(f"  prefill              {other['prefill_tokens_per_s']:.0f} tok/s   x{other['ratios']['prefill']:.2f}")
+            self.stdout.write(f"  decode, one stream   {other['decode_tokens_per_s']:.1f} tok/s   x{other['ratios']['decode']:.2f}")
+            self.stdout.write(f"  time to first token  {other['ttft_s'] * 1000:.0f} ms   x{other['ratios']['ttft']:.2f}")
+            for n, tps in other.get("aggregate_tokens_per_s", {}).items():
+                self.stdout.write(f"  aggregate, {n:>2} streams {tps:.1f} tok/s   x{other['ratios'][f'aggregate_{n}']:.2f}")
+            for name, ratio in other["ratios"].items():
+                if name.endswith("_vs_best"):
+                    self.stdout.write(f"  {name}   x{ratio:.2f}")
