@@ -17,7 +17,8 @@ import pytest
 from llmsite import localredis
 
 ROOT = Path(__file__).resolve().parent.parent
-VAR = ROOT / "var"
+# Logs and the test Redis live under LLMSITE_VAR_DIR when set, so two checkouts or runs do not share them.
+VAR = Path(os.environ.get("LLMSITE_VAR_DIR") or ROOT / "var")
 
 _port = localredis.free_port()
 os.environ["REDIS_URL"] = f"redis://127.0.0.1:{_port}/0"
