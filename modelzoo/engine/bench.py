@@ -108,15 +108,23 @@ def run_bench(
     del engine, ckpt
     if against_llamacpp:
         if bench_others.available("llama_cpp"):
-            theirs = bench_others.run_llamacpp(path, prompt, max_tokens=max_tokens, runs=runs, concurrency=concurrency,
-                                               threads=torch.get_num_threads())
-            result["llamacpp"] = {**theirs, "ratios": bench_others.ratios(result, theirs)}
+            try:
+                theirs = bench_others.run_llamacpp(path, prompt, max_tokens=max_tokens, runs=runs,
+                                                   concurrency=concurrency, threads=torch.get_num_threads())
+                result["llamacpp"] = {**theirs, "ratios": bench_others.ratios(result, theirs)}
+            except Exception as exc:
+                log.exception("llama.cpp run failed")
+                result["llamacpp"] = {"error": f"llama.cpp failed: {exc}"}
         else:
             result["llamacpp"] = {"error": "llama-cpp-python is not installed (see requirements-bench.txt)"}
     if against_transformers:
         if bench_others.available("transformers"):
-            theirs = bench_others.run_transformers(path, prompt, max_tokens=max_tokens, runs=runs)
-            result["transformers"] = {**theirs, "ratios": bench_others.ratios(result, theirs)}
+            try:
+                theirs = bench_others.run_transformers(path, prompt, max_tokens=max_tokens, runs=runs)
+                result["transformers"] = {**theirs, "ratios": bench_others.ratios(result, theirs)}
+            except Exception as exc:  # an optional comparison must not lose the figures already measured
+                log.exception("transformers run failed")
+                result["transformers"] = {"error": f"transformers failed: {exc}"}
         else:
             result["transformers"] = {"error": "transformers is not installed (see requirements-bench.txt)"}
     return result
