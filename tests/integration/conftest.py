@@ -23,3 +23,13 @@ def wait_for_job() -> Callable[..., Job]:
             time.sleep(0.2)
 
     return wait
+
+
+@pytest.fixture
+def warm_worker(checkpoint, worker):
+    """The worker, once it holds the model (so a job's time limit is not spent loading it)."""
+    deadline = time.monotonic() + 180
+    while "is resident" not in worker.log():
+        assert time.monotonic() < deadline, worker.log()
+        time.sleep(0.2)
+    return worker

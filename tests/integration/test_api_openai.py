@@ -16,16 +16,6 @@ MODEL = "smollm2-135m-instruct"
 
 
 @pytest.fixture
-def warm_worker(checkpoint, worker):
-    """The worker, once it holds the model (so a job's time limit is not spent loading it)."""
-    deadline = time.monotonic() + 180
-    while "is resident" not in worker.log():
-        assert time.monotonic() < deadline, worker.log()
-        time.sleep(0.2)
-    return worker
-
-
-@pytest.fixture
 def model_name(checkpoint) -> str:
     return checkpoint.name
 

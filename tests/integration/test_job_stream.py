@@ -16,14 +16,6 @@ from tests.live_services import WorkerProcess, database_url
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def warm_worker(checkpoint, worker):
-    deadline = time.monotonic() + 180
-    while "is resident" not in worker.log():
-        assert time.monotonic() < deadline, worker.log()
-        time.sleep(0.2)
-    return worker
-
 
 @pytest.fixture
 def session_cookie(owner) -> dict[str, str]:
