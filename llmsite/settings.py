@@ -192,6 +192,15 @@ ENGINE_MAX_BATCH_SIZE = envint("ENGINE_MAX_BATCH_SIZE", 8, minimum=1)
 ENGINE_MAX_SEQ_LEN = envint("ENGINE_MAX_SEQ_LEN", 2048, minimum=16)
 #: Memory for resident checkpoints and their KV caches in one worker; 0 = 90% of the GPU, or 8 GiB on the CPU.
 WORKER_MEMORY_BUDGET_BYTES = envint("WORKER_MEMORY_BUDGET_BYTES", 0, minimum=0)
+# Weights' dtype: "" = the engine's default (float16 on CPU, bfloat16 on CUDA), or float32 / float16 / bfloat16
+# (float32 for a checkpoint whose activations overflow float16). ENGINE_QUANTIZATION: "" (none), int8 or int4;
+# README "Engine speed" gives what each costs and gives.
+ENGINE_DTYPE = envstr("ENGINE_DTYPE", "")
+ENGINE_QUANTIZATION = envstr("ENGINE_QUANTIZATION", "")
+if ENGINE_DTYPE not in ("", "float32", "float16", "bfloat16"):
+    raise ImproperlyConfigured(f"ENGINE_DTYPE={ENGINE_DTYPE!r}: use float32, float16 or bfloat16 (or leave it unset)")
+if ENGINE_QUANTIZATION not in ("", "int8", "int4"):
+    raise ImproperlyConfigured(f"ENGINE_QUANTIZATION={ENGINE_QUANTIZATION!r}: use int8 or int4 (or leave it unset)")
 # None = CUDA when present, else CPU.
 ENGINE_DEVICE = os.environ.get("ENGINE_DEVICE") or None
 HEALTHZ_TIMEOUT_S = envfloat("HEALTHZ_TIMEOUT_S", 1.0, minimum=0.1)

@@ -56,13 +56,16 @@ def _key_lock(key: _CacheKey) -> threading.Lock:
 
 def _load_engine(checkpoint: Checkpoint) -> Engine:
     from modelzoo.engine import Engine, load_checkpoint
+    from modelzoo.engine.checkpoint import DTYPES
     from modelzoo.engine.lora import merge_adapter
+    from modelzoo.engine.threads import in_throwaway_thread
 
     weights = checkpoint.base if checkpoint.base_id else checkpoint  # an adapter is merged into its base's weights
     logger.info("Loading checkpoint %s from %s", checkpoint.name, weights.file_path())
-    loaded = load_checkpoint(weights.file_path(), device=settings.ENGINE_DEVICE)
+    loaded = load_checkpoint(weights.file_path(), device=settings.ENGINE_DEVICE, dtype=DTYPES.get(settings.ENGINE_DTYPE),
+                             quantization=settings.ENGINE_QUANTIZATION or None)
     if checkpoint.base_id:
-        merge_adapter(loaded.model, checkpoint.file_path())
+        in_throwaway_thread(merge_adapter)(loaded.model, checkpoint.file_path())
     return Engine(loaded, max_batch_size=settings.ENGINE_MAX_BATCH_SIZE, max_seq_len=settings.ENGINE_MAX_SEQ_LEN)
 
 
@@ -132,11 +135,19 @@ def estimated_bytes(checkpoint: Checkpoint) -> int:
     """Weights in the compute dtype plus the engine's 16-bit KV cache, from the checkpoint's metadata."""
     info = checkpoint_info(checkpoint)
     config = info.config
-    weights = info.parameter_count * (2 if _device_type() == "cuda" else 4)
+    weights = info.parameter_count * _bytes_per_parameter()
     head_dim = config.dim // config.n_heads
     positions = min(config.max_seq_len, settings.ENGINE_MAX_SEQ_LEN)
     kv_cache = 2 * config.n_layers * settings.ENGINE_MAX_BATCH_SIZE * config.n_kv_heads * positions * head_dim * 2
-    return weights + kv_cache
+    return int(weights) + kv_cache
+
+
+def _bytes_per_parameter() -> float:
+    """What the engine stores per weight: 16-bit floats unless ENGINE_DTYPE/ENGINE_QUANTIZATION say otherwise
+    (int8 ~1 byte plus scales, int4 ~0.5 plus per-group scales and zeros)."""
+    if settings.ENGINE_QUANTIZATION:
+        return {"int8": 1.1, "int4": 0.75}[settings.ENGINE_QUANTIZATION]
+    return 4 if settings.ENGINE_DTYPE == "float32" else 2
 
 
 def memory_budget_bytes() -> int:

@@ -22,6 +22,7 @@ from .chat_template import ChatTemplate
 from .config import ModelConfig
 from .model import Transformer, fuse_layer, fuse_top, load_strict
 from .quantize import check_mode, quantize_state_dict, swap_linears
+from .threads import in_throwaway_thread
 from .tokenizer import Tokenizer, tokenizer_from_gguf, tokenizer_from_hf_dir
 
 log = logging.getLogger(__name__)
@@ -212,10 +213,23 @@ def _assemble(
     return state
 
 
+def default_dtype(device: torch.device, quantization: str | None = None) -> torch.dtype:
+    """bfloat16 on CUDA; float16 on CPU, where it halves the bytes a decode step reads
+    (weights stream from memory once per step) and still gives the golden greedy tokens,
+    which bfloat16 does not (its 8-bit mantissa drifts within a few dozen tokens).
+    Quantized weights compute in bfloat16: torch's int8/int4 CPU kernels are fast only there."""
+    return torch.bfloat16 if device.type == "cuda" or quantization else torch.float16
+
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@in_throwaway_thread
 def load_checkpoint(
-    path: str | Path, *, device: str | torch.device | None = None, quantization: str | None = DEFAULT_QUANTIZATION
+    path: str | Path, *, device: str | torch.device | None = None, quantization: str | None = DEFAULT_QUANTIZATION,
+    dtype: torch.dtype | None = None,
 ) -> LoadedCheckpoint:
-    """Weights, config, tokenizer and template; bf16 on CUDA, float32 on CPU.
+    """Weights, config, tokenizer and template, in `dtype` (default_dtype: bf16 on CUDA, float16 on CPU).
 
     Weights are dequantized to the compute dtype once at load time (the layers never
     branch on a storage dtype); q/k/v and gate/up are fused here. `quantization`
@@ -229,7 +243,7 @@ def load_checkpoint(
     if quantization == "int4" and dev.type != "cpu":
         raise ValueError("int4 weights have a CPU kernel only; use int8 or None on CUDA")
     cfg = info.config
-    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    dtype = dtype or default_dtype(dev, quantization)
     if info.format == "gguf":
         reader = gguf_format.open_reader(path)
         tensors = gguf_format.iter_tensors(reader, arch=cfg.arch, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads)

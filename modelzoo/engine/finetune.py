@@ -38,7 +38,7 @@ def finetune(
 ) -> list[float]:
     """Attach LoRA to `loaded.model` and train it in place (batch size 1); returns the loss of each step."""
     torch.manual_seed(seed)
-    model = loaded.model
+    model = loaded.model.float()  # trains in float32 whatever dtype it was loaded in (16-bit gradients underflow)
     model.requires_grad_(False)
     params = attach(model, rank=rank, alpha=alpha)
     model.to(loaded.device)

@@ -52,8 +52,9 @@ class LoRALinear(nn.Module):
     def __init__(self, base: nn.Linear, *, rank: int, alpha: float) -> None:
         super().__init__()
         self.base, self.scale = base, alpha / rank
-        self.lora_A = nn.Parameter(torch.randn(rank, base.in_features) / rank)  # (r, in)
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank))  # (out, r): starts as a no-op
+        dtype = base.weight.dtype
+        self.lora_A = nn.Parameter(torch.randn(rank, base.in_features, dtype=dtype) / rank)  # (r, in)
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, dtype=dtype))  # (out, r): starts as a no-op
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + (x @ self.lora_A.T @ self.lora_B.T) * self.scale
@@ -130,5 +131,6 @@ def merge_adapter(model: Transformer, directory: Path) -> int:
         if a.shape != (rank, target.shape[1]) or b.shape != (target.shape[0], rank):
             raise ValueError(f"layer {index} {module}: A {tuple(a.shape)} / B {tuple(b.shape)} do not fit "
                              f"{tuple(target.shape)} at rank {rank}")
-        target += (alpha / rank) * (b.to(weight) @ a.to(weight))
+        delta = (alpha / rank) * (b.float() @ a.float())  # in float32, then rounded once to the weights' dtype
+        target.copy_(target.float() + delta)
     return len(pairs)

@@ -63,10 +63,10 @@ class KVCache(nn.Module):
 
     def update(
         self, slots: torch.Tensor, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: int,
-        first_slots: bool = False,
+        first_slots: bool = False, dtype: torch.dtype | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k/v (B, K, T, hd) at (slot, position) per row; return each row's first `length`
-        cached positions (B, K, length, hd), in the compute dtype.
+        cached positions (B, K, length, hd), in `dtype` (default: k's).
 
         `first_slots` promises slots == arange(B) (the engine keeps its batch packed that way)."""
         # slots (B, 1) and positions (B, T) broadcast to (B, T); advanced indexing puts them first: (B, T, K, hd)
@@ -78,7 +78,15 @@ class KVCache(nn.Module):
         else:  # narrow first, then gather rows: copies only (B, K, length, hd)
             k_rows = self.k[:, :, :length].index_select(0, slots)
             v_rows = self.v[:, :, :length].index_select(0, slots)
-        return k_rows.to(k.dtype), v_rows.to(v.dtype)
+        dtype = dtype or k.dtype
+        return k_rows.to(dtype), v_rows.to(dtype)
+
+
+def attention_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype attention runs in: float32 for float16 on CPU, where torch's float16
+    attention kernels are ~10x slower than its float32 ones (a decode step spent a third
+    of its time there); the compute dtype otherwise."""
+    return torch.float32 if dtype == torch.float16 and device.type == "cpu" else dtype
 
 
 class Attention(nn.Module):
@@ -107,15 +115,19 @@ class Attention(nn.Module):
         v = v.view(B, T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)  # (B, K, T, hd)
         q = apply_rope(q, cos, sin)
         k = apply_rope(k, cos, sin)
+        dtype = attention_dtype(x.dtype, x.device)
         if cache is not None:
             assert slots is not None
-            k, v = cache.update(slots, positions, k, v, mask.shape[-1], first_slots)  # (B, K, S, hd)
+            k, v = cache.update(slots, positions, k, v, mask.shape[-1], first_slots, dtype)  # (B, K, S, hd)
+        else:
+            k, v = k.to(dtype), v.to(dtype)
+        q = q.to(dtype)
         gqa = cfg.n_rep > 1  # SDPA shares each k/v head among n_rep query heads without copying
         if mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)  # no cache: plain causal
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)  # mask: (B, 1, T, S) bool
-        y = y.transpose(1, 2).reshape(B, T, cfg.q_size)  # (B, T, H*hd)
+        y = y.transpose(1, 2).reshape(B, T, cfg.q_size).to(x.dtype)  # (B, T, H*hd)
         return self.wo(y)
 
 

@@ -35,7 +35,7 @@ def tiny_base(tmp_path: Path) -> Checkpoint:
 
 def adapter_zip(base: Checkpoint, tmp_path: Path) -> tuple[Path, torch.nn.Module]:
     """A random (non-zero) adapter for `base`, zipped in the PEFT layout, and the model it was attached to."""
-    loaded = load_checkpoint(base.file_path(), device="cpu")
+    loaded = load_checkpoint(base.file_path(), device="cpu", dtype=torch.float32)
     torch.manual_seed(1)
     for param in attach(loaded.model, rank=2, alpha=4.0):
         param.data.normal_(0, 0.5)
@@ -47,7 +47,8 @@ def adapter_zip(base: Checkpoint, tmp_path: Path) -> tuple[Path, torch.nn.Module
     return archive, loaded.model
 
 
-def test_it_validates_an_adapter_and_serves_it_merged_into_its_base(staff_client, tiny_base, tmp_path):
+def test_it_validates_an_adapter_and_serves_it_merged_into_its_base(staff_client, tiny_base, tmp_path, settings):
+    settings.ENGINE_DTYPE = "float32"  # compared with the float32 model the adapter was trained on
     assert tiny_base.status == Checkpoint.Status.READY
     archive, attached_model = adapter_zip(tiny_base, tmp_path)
     response = staff_client.post("/admin/modelzoo/checkpoint/add/", {
@@ -94,7 +95,7 @@ def test_it_rejects_an_adapter_for_another_shape(tiny_base, tmp_path):
 
 
 def test_it_merges_q_and_v_updates_into_their_rows_of_the_fused_weight(tiny_base, tmp_path):
-    loaded = load_checkpoint(tiny_base.file_path(), device="cpu")
+    loaded = load_checkpoint(tiny_base.file_path(), device="cpu", dtype=torch.float32)
     cfg = loaded.config
     before = loaded.model.layers[1].attention.wqkv.weight.clone()
     a, b = torch.randn(2, cfg.dim), torch.randn(cfg.kv_size, 2)

@@ -32,6 +32,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, base: str, data: Path, out: Path, epochs: int, lr: float, rank: int, alpha: float,
                max_len: int, seed: int, **options) -> None:
+        import torch
+
         from modelzoo.engine import load_checkpoint
         from modelzoo.engine.finetune import finetune
         from modelzoo.engine.lora import save_adapter
@@ -40,7 +42,7 @@ class Command(BaseCommand):
         if checkpoint is None:
             raise CommandError(f"no ready checkpoint named {base!r}")
         examples = self._read(data)
-        loaded = load_checkpoint(checkpoint.file_path(), device=settings.ENGINE_DEVICE)
+        loaded = load_checkpoint(checkpoint.file_path(), device=settings.ENGINE_DEVICE, dtype=torch.float32)  # trains in float32
         started = time.monotonic()
 
         def progress(step: int, total: int, loss: float) -> None:
