@@ -20,6 +20,7 @@ import torch
 from . import gguf_format
 from .chat_template import ChatTemplate
 from .config import ModelConfig
+from .half_linear import use_half_linears
 from .model import Transformer, fuse_layer, fuse_top, load_strict
 from .quantize import check_mode, quantize_state_dict, swap_linears
 from .threads import in_throwaway_thread
@@ -259,6 +260,8 @@ def load_checkpoint(
     load_strict(model, state, device=dev, dtype=dtype)
     del state
     model.eval().requires_grad_(False)
+    if dtype == torch.float16 and dev.type == "cpu":
+        use_half_linears(model)
     log.info("loaded %s (%s, %s) on %s as %s, weights %s", path.name, info.format, info.quantization, dev, dtype,
              quantization or "float")
     return LoadedCheckpoint(

@@ -52,14 +52,20 @@ class KVCache(nn.Module):
     """Preallocated per-layer cache, one slot per batch row, indexed by position.
 
     Zero-filled, so positions that are masked out hold finite values and can never
-    inject NaN into attention.
+    inject NaN into attention. Rows read back in another dtype are converted into
+    `read_buffer`, one flat scratch tensor that all layers share (they attend one after
+    another): converting into fresh tensors cost 4x more on CPU, mostly page faults.
     """
 
-    def __init__(self, slots: int, n_kv_heads: int, max_seq_len: int, head_dim: int, dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(
+        self, slots: int, n_kv_heads: int, max_seq_len: int, head_dim: int, dtype: torch.dtype, device: torch.device,
+        read_buffer: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         shape = (slots, n_kv_heads, max_seq_len, head_dim)
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.read_buffer = read_buffer  # (2, slots * n_kv_heads * max_seq_len * head_dim) or None
 
     def update(
         self, slots: torch.Tensor, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: int,
@@ -73,13 +79,20 @@ class KVCache(nn.Module):
         self.k[slots[:, None], :, positions] = k.transpose(1, 2).to(self.k.dtype)
         self.v[slots[:, None], :, positions] = v.transpose(1, 2).to(self.v.dtype)
         B = slots.shape[0]
-        if first_slots:  # rows are slots 0..B-1 in order: a view, so the dtype cast below is the only copy
+        if first_slots:  # rows are slots 0..B-1 in order: a view
             k_rows, v_rows = self.k[:B, :, :length], self.v[:B, :, :length]
         else:  # narrow first, then gather rows: copies only (B, K, length, hd)
             k_rows = self.k[:, :, :length].index_select(0, slots)
             v_rows = self.v[:, :, :length].index_select(0, slots)
         dtype = dtype or k.dtype
-        return k_rows.to(dtype), v_rows.to(dtype)
+        if dtype == self.k.dtype:
+            return k_rows, v_rows
+        if self.read_buffer is None or self.read_buffer.dtype != dtype:
+            return k_rows.to(dtype), v_rows.to(dtype)
+        n = k_rows.numel()
+        k_out = self.read_buffer[0, :n].view(k_rows.shape).copy_(k_rows)
+        v_out = self.read_buffer[1, :n].view(v_rows.shape).copy_(v_rows)
+        return k_out, v_out
 
 
 def attention_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
@@ -171,11 +184,16 @@ class Transformer(nn.Module):
 
     def make_caches(self, slots: int, max_seq_len: int, dtype: torch.dtype | None = None) -> list[KVCache]:
         """A KV cache per layer, (slots, K, max_seq_len, hd) for k and for v; owned by the caller
-        (an Engine), so several engines may share one model."""
+        (an Engine), so several engines may share one model. When attention runs in another
+        dtype than the cache's, the layers share one scratch buffer to read into."""
         p = self.tok_embeddings.weight
         cfg = self.cfg
         dtype = dtype or p.dtype
-        return [KVCache(slots, cfg.n_kv_heads, max_seq_len, cfg.head_dim, dtype, p.device) for _ in self.layers]
+        read_dtype = attention_dtype(p.dtype, p.device)
+        read_buffer = None
+        if read_dtype != dtype:
+            read_buffer = torch.empty(2, slots * cfg.n_kv_heads * max_seq_len * cfg.head_dim, dtype=read_dtype, device=p.device)
+        return [KVCache(slots, cfg.n_kv_heads, max_seq_len, cfg.head_dim, dtype, p.device, read_buffer) for _ in self.layers]
 
     def forward(
         self,
