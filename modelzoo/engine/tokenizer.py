@@ -5,7 +5,8 @@ Two builders from GGUF metadata, chosen by `tokenizer.ggml.model`:
   transformers builds it from the same file, so token ids match it exactly;
 - "llama": SentencePiece BPE through `sentencepiece`, from a ModelProto we
   serialize from the GGUF vocabulary and scores.
-A Hugging Face directory with tokenizer.json loads through `tokenizers` directly.
+A Hugging Face directory loads its tokenizer.json through `tokenizers` directly, or, without one, its
+SentencePiece tokenizer.model through `sentencepiece` with the file's own normalizer.
 CONTROL tokens (<|im_start|>, <s>, ...) always encode as single ids.
 """
 
@@ -109,14 +110,17 @@ class SentencePieceTokenizer(Tokenizer):
     def decode(self, ids: list[int]) -> str:
         out: list[str] = []
         run: list[int] = []
+        pieces = self.sp.get_piece_size()
         for i in list(ids) + [-1]:
             if i in self.id_to_special or i == -1:
                 if run:
-                    out.append(self.sp.decode(run))  # the proto has no dummy prefix, so spaces are kept
+                    # A proto without dummy prefix keeps every space; one with it (a tokenizer.model) drops the
+                    # prefix space of each run, which its encode added.
+                    out.append(self.sp.decode(run))
                     run = []
                 if i != -1:
                     out.append(self.id_to_special[i])
-            else:
+            elif 0 <= i < pieces:  # ids of a padded embedding past the vocabulary decode as nothing
                 run.append(i)
         text = "".join(out)
         # Like HF's decoder (Strip left=1): the dummy prefix space of the first piece goes.
@@ -126,7 +130,7 @@ class SentencePieceTokenizer(Tokenizer):
 
     @property
     def vocab_size(self) -> int:
-        return self.sp.get_piece_size()
+        return max(self.sp.get_piece_size(), max(self.id_to_special, default=-1) + 1)
 
 
 # --- GGUF builders -------------------------------------------------------------
@@ -275,17 +279,113 @@ def tokenizer_from_gguf(meta: dict[str, Any]) -> Tokenizer:
     raise ValueError(f"unsupported GGUF tokenizer model {kind!r} (supported: gpt2, llama)")
 
 
+# --- Hugging Face directory builders ---------------------------------------------
+
+#: Real tokenizer.model files are a few MiB (a 256k vocabulary is ~4 MiB); anything far larger is refused.
+MAX_SENTENCEPIECE_BYTES = 64 * 1024**2
+
+
+def _token_content(value: Any) -> str | None:
+    """A token as tokenizer_config.json writes it: a string or an AddedToken dict with "content"."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) and value else None
+
+
 def tokenizer_from_hf_dir(directory: Path, *, eos_token_ids: frozenset[int], bos_token_id: int | None) -> Tokenizer:
-    """A Hugging Face checkpoint directory with tokenizer.json (+ tokenizer_config.json)."""
-    backend = HFTokenizer.from_file(str(directory / "tokenizer.json"))
+    """A Hugging Face checkpoint directory: tokenizer.json, else a SentencePiece tokenizer.model
+    (+ tokenizer_config.json for special tokens and add_bos_token)."""
     cfg_path = directory / "tokenizer_config.json"
     cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+    if not isinstance(cfg, dict):
+        raise ValueError("tokenizer_config.json is not a JSON object")
+    if (directory / "tokenizer.json").is_file():
+        return _tokenizers_from_hf_dir(directory, cfg, eos_token_ids=eos_token_ids, bos_token_id=bos_token_id)
+    if (directory / "tokenizer.model").is_file():
+        return sentencepiece_from_model_file(
+            directory / "tokenizer.model", cfg, eos_token_ids=eos_token_ids, bos_token_id=bos_token_id
+        )
+    raise ValueError("no tokenizer: the folder needs tokenizer.json or a SentencePiece tokenizer.model")
+
+
+def _tokenizers_from_hf_dir(
+    directory: Path, cfg: dict[str, Any], *, eos_token_ids: frozenset[int], bos_token_id: int | None
+) -> TokenizersTokenizer:
+    backend = HFTokenizer.from_file(str(directory / "tokenizer.json"))
     eos = set(eos_token_ids)
-    eos_tok = cfg.get("eos_token")
-    if isinstance(eos_tok, dict):
-        eos_tok = eos_tok.get("content")
-    if isinstance(eos_tok, str) and backend.token_to_id(eos_tok) is not None:
+    eos_tok = _token_content(cfg.get("eos_token"))
+    if eos_tok is not None and backend.token_to_id(eos_tok) is not None:
         eos.add(backend.token_to_id(eos_tok))
     return TokenizersTokenizer(
         backend, eos_token_ids=frozenset(eos), bos_token_id=bos_token_id, add_bos=bool(cfg.get("add_bos_token", False))
+    )
+
+
+def _load_sentencepiece(path: Path) -> Any:
+    import sentencepiece as spm
+
+    size = path.stat().st_size
+    if size > MAX_SENTENCEPIECE_BYTES:
+        raise ValueError(f"tokenizer.model is {size} bytes; a SentencePiece model is at most {MAX_SENTENCEPIECE_BYTES}")
+    processor = spm.SentencePieceProcessor()
+    try:
+        processor.LoadFromSerializedProto(path.read_bytes())
+    except (RuntimeError, OSError) as error:
+        detail = str(error).strip().removeprefix("INTERNAL:").strip()
+        if "ParseFromArray" in detail:
+            detail = "it does not parse as a ModelProto"
+        raise ValueError(f"tokenizer.model is not a valid SentencePiece model ({detail})") from error
+    if processor.get_piece_size() == 0:
+        raise ValueError("tokenizer.model holds no pieces")
+    return processor
+
+
+def sentencepiece_from_model_file(
+    path: Path, cfg: dict[str, Any], *, eos_token_ids: frozenset[int], bos_token_id: int | None
+) -> SentencePieceTokenizer:
+    """A SentencePiece tokenizer.model with tokenizer_config.json `cfg`.
+
+    Text between special tokens is encoded by sentencepiece with the file's own normalizer spec (dummy prefix,
+    byte fallback), as Meta's Llama code and HF's legacy LlamaTokenizer do. Special tokens are the model's
+    CONTROL and UNKNOWN pieces plus the config's added_tokens_decoder (which may extend the vocabulary).
+    bos/eos come from config.json, else tokenizer_config.json, else the model's trainer spec;
+    add_bos_token defaults to True, as in HF's LlamaTokenizer.
+    """
+    processor = _load_sentencepiece(path)
+    special: dict[str, int] = {}
+    for i in range(processor.get_piece_size()):
+        if processor.is_control(i) or processor.is_unknown(i):
+            piece = processor.id_to_piece(i)
+            if piece:
+                special[piece] = i
+    added = cfg.get("added_tokens_decoder") or {}
+    for key, token in (added.items() if isinstance(added, dict) else []):
+        content = _token_content(token)
+        if content is not None and str(key).isdigit():
+            special[content] = int(key)
+
+    def token_id(text: str | None) -> int | None:
+        if text is None:
+            return None
+        if text in special:
+            return special[text]
+        i = processor.piece_to_id(text)
+        return i if processor.id_to_piece(i) == text else None
+
+    eos = set(eos_token_ids)
+    if (eos_tok := token_id(_token_content(cfg.get("eos_token")))) is not None:
+        eos.add(eos_tok)
+    if not eos and processor.eos_id() >= 0:
+        eos.add(processor.eos_id())
+    if bos_token_id is None:
+        bos_token_id = token_id(_token_content(cfg.get("bos_token")))
+    if bos_token_id is None and processor.bos_id() >= 0:
+        bos_token_id = processor.bos_id()
+    return SentencePieceTokenizer(
+        processor,
+        special=special,
+        add_space_prefix=False,  # the model's normalizer adds its own dummy prefix
+        eos_token_ids=frozenset(eos),
+        bos_token_id=bos_token_id,
+        add_bos=bool(cfg.get("add_bos_token", True)),
     )

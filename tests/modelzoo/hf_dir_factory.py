@@ -1,5 +1,6 @@
 """Write a Hugging Face style safetensors directory (config.json, model.safetensors, tokenizer.json,
-tokenizer_config.json) from a GGUF, so the safetensors path can be checked against the GGUF golden outputs.
+tokenizer_config.json) from a GGUF, so the safetensors path can be checked against the GGUF golden outputs, or with
+random weights around given tokenizer files.
 Holds no tests."""
 from __future__ import annotations
 
@@ -41,4 +42,44 @@ def write_hf_dir(gguf_path: Path, directory: Path) -> Path:
     }))
     info.tokenizer.backend.save(str(directory / "tokenizer.json"))
     (directory / "tokenizer_config.json").write_text(json.dumps({"chat_template": info.chat_template.source}))
+    return directory
+
+
+def write_random_hf_dir(directory: Path, *, vocab_size: int, bos_token_id: int, eos_token_id: int,
+                        tokenizer_files: dict[str, bytes], seed: int = 0, dim: int = 32, n_layers: int = 2,
+                        n_heads: int = 4, n_kv_heads: int = 2, hidden_dim: int = 64, context_length: int = 256) -> Path:
+    """A tiny random-weight Llama folder (config.json, model.safetensors) holding `tokenizer_files` as given."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    head_dim = dim // n_heads
+
+    def weight(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator) * 0.2
+
+    state = {"model.embed_tokens.weight": weight(vocab_size, dim), "model.norm.weight": torch.ones(dim),
+             "lm_head.weight": weight(vocab_size, dim)}
+    for i in range(n_layers):
+        prefix = f"model.layers.{i}."
+        state |= {
+            prefix + "input_layernorm.weight": torch.ones(dim),
+            prefix + "post_attention_layernorm.weight": torch.ones(dim),
+            prefix + "self_attn.q_proj.weight": weight(n_heads * head_dim, dim),
+            prefix + "self_attn.k_proj.weight": weight(n_kv_heads * head_dim, dim),
+            prefix + "self_attn.v_proj.weight": weight(n_kv_heads * head_dim, dim),
+            prefix + "self_attn.o_proj.weight": weight(dim, n_heads * head_dim),
+            prefix + "mlp.gate_proj.weight": weight(hidden_dim, dim),
+            prefix + "mlp.up_proj.weight": weight(hidden_dim, dim),
+            prefix + "mlp.down_proj.weight": weight(dim, hidden_dim),
+        }
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(directory / "model.safetensors"))
+    (directory / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": vocab_size, "hidden_size": dim,
+        "num_hidden_layers": n_layers, "num_attention_heads": n_heads, "num_key_value_heads": n_kv_heads,
+        "intermediate_size": hidden_dim, "max_position_embeddings": context_length, "rope_theta": 10000.0,
+        "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "bos_token_id": bos_token_id, "eos_token_id": eos_token_id,
+    }))
+    for name, data in tokenizer_files.items():
+        (directory / name).write_bytes(data)
     return directory
