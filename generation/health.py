@@ -1,4 +1,5 @@
-"""Liveness checks behind /healthz: the database, Redis and the Celery workers, each with a short timeout."""
+"""Liveness checks behind /healthz: the database, Redis and the Celery workers, each with a short timeout;
+beside them what each live worker holds (checkpoints, memory) and the depth of every queue."""
 from __future__ import annotations
 
 from typing import Any
@@ -47,6 +48,17 @@ def check_workers() -> dict[str, Any]:
     return result
 
 
+def workers_and_queues() -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """What the live workers published with their heartbeats, and the queue depths; empty when unreadable."""
+    from generation.selectors import workers_overview
+
+    try:
+        overview = workers_overview()
+    except Exception:
+        return [], {}
+    return overview["workers"], overview["queues"]
+
+
 def health() -> tuple[bool, dict[str, Any]]:
     checks = {"database": check_database(), "redis": check_redis()}
     # Without Redis no worker can answer; skip the broadcast instead of waiting for its timeout.
@@ -54,4 +66,6 @@ def health() -> tuple[bool, dict[str, Any]]:
         "ok": False, "count": 0, "names": [], "error": "redis is down",
     }
     ok = all(check["ok"] for check in checks.values())
-    return ok, {"status": "ok" if ok else "fail", **checks}
+    live, queues = workers_and_queues() if checks["redis"]["ok"] else ([], {})
+    checks["workers"]["live"] = live
+    return ok, {"status": "ok" if ok else "fail", **checks, "queues": queues}

@@ -33,6 +33,36 @@ def job_queue_position(*, job: Job) -> int | None:
     return Job.objects.filter(status=Job.Status.QUEUED, pk__lt=job.pk).count() + 1
 
 
+def workers_overview() -> dict[str, Any]:
+    """The live workers (resident checkpoints with their names, memory used and budget, running jobs, loads)
+    and the messages waiting per queue, for /healthz and the admin. Raises when Redis cannot be read."""
+    import time
+
+    from generation import broker_queues, worker_registry
+    from modelzoo.models import Checkpoint
+
+    statuses = worker_registry.live_statuses()
+    ids = {pk for status in statuses for pk in [*status.get("resident", []), *status.get("loading", [])]}
+    names = dict(Checkpoint.objects.filter(pk__in=ids).values_list("pk", "name"))
+    now = time.time()
+
+    def named(pks: list[int]) -> list[dict[str, Any]]:
+        return [{"id": pk, "name": names.get(pk, "")} for pk in pks]
+
+    workers = [{
+        "name": status["name"],
+        "resident": named(status.get("resident", [])),
+        "loading": named(status.get("loading", [])),
+        "memory_used_bytes": status.get("memory_used_bytes", 0),
+        "memory_budget_bytes": status.get("memory_budget_bytes", 0),
+        "running_jobs": status.get("running_jobs", 0),
+        "loads": status.get("loads", 0),
+        "evictions": status.get("evictions", 0),
+        "heartbeat_age_s": round(max(0.0, now - status.get("heartbeat_at", now)), 1),
+    } for status in statuses]
+    return {"workers": workers, "queues": broker_queues.depths()}
+
+
 def api_keys_for_user(*, user: Any) -> QuerySet:
     from generation.models import ApiKey
 

@@ -74,15 +74,17 @@ def job_create(
 
 
 def job_enqueue(*, job: Job) -> bool:
-    """Publish the job's Celery message; on a broker error fail the job with the reason. True when queued."""
+    """Publish the job's Celery message to the queue of a worker holding its checkpoint (else the default
+    queue); on a broker error fail the job with the reason. True when queued."""
     from generation.tasks import run_job
     from llmsite.celery import app
 
     try:
+        queue = job_queue(checkpoint_id=job.checkpoint_id)
         # A fresh connection per submit: cheap, and it always uses the configured broker URL. Publishing
         # retries briefly (CELERY_TASK_PUBLISH_RETRY_POLICY) and then raises, so a dead Redis fails fast.
         with app.connection_for_write() as connection:
-            run_job.apply_async(args=[job.pk], connection=connection)
+            run_job.apply_async(args=[job.pk], connection=connection, queue=queue)
     except Exception as exc:  # kombu OperationalError, redis ConnectionError, socket errors...
         logger.warning("Could not queue job %s: %s", job.pk, exc)
         reason = f"Could not queue the job: the job queue (Redis) is unreachable ({exc}). Please try again later."
@@ -94,6 +96,20 @@ def job_enqueue(*, job: Job) -> bool:
         streams.stream_end(job_id=job.pk, status=Job.Status.FAILED)
         return False
     return True
+
+
+def job_queue(*, checkpoint_id: int) -> str:
+    """`checkpoint.<id>` when a live worker holds the checkpoint, else the default queue (also when the
+    registry cannot be read: publishing then tells whether the broker is really down)."""
+    from generation import routing, worker_registry
+
+    default = settings.CELERY_TASK_DEFAULT_QUEUE
+    try:
+        workers = worker_registry.live_workers()
+    except Exception as exc:
+        logger.warning("Worker registry unreadable (%s); routing to %s", exc, default)
+        return default
+    return routing.queue_for(checkpoint_id=checkpoint_id, workers=workers, default_queue=default)
 
 
 # --- run (worker side) ---------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from django.conf import settings
 
 logger = logging.getLogger(__name__)
 
-WORKERS_KEY = "llmsite:workers"  # zset: worker name -> last heartbeat (unix time)
+WORKERS_KEY = "llmsite:workers"  # zset: worker name -> last heartbeat (unix time); see worker_registry
 
 
 def tokens_key(job_id: int) -> str:
@@ -83,14 +83,6 @@ def cancel_publish(*, job_id: int) -> None:
         client().publish(cancel_channel(job_id), "cancel")
     except redis.RedisError as exc:
         logger.warning("Job %s: cancel not published (the worker notices within a second): %s", job_id, exc)
-
-
-def worker_heartbeat(*, name: str) -> None:
-    client().zadd(WORKERS_KEY, {name: time.time()})
-
-
-def worker_gone(*, name: str) -> None:
-    client().zrem(WORKERS_KEY, name)
 
 
 def workers_alive() -> int:

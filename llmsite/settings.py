@@ -242,6 +242,10 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Routing (generation.routing): every worker consumes the default queue and its own direct queue
+# (`<hostname>.dq2`), plus `checkpoint.<id>` for each checkpoint it holds.
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+CELERY_WORKER_DIRECT = True
 
 # --- checkpoints ---------------------------------------------------------------------------------------------
 #: Uploaded checkpoints are stored here (one folder each); nothing of an upload is written elsewhere.

@@ -44,6 +44,17 @@ class CheckpointAdmin(admin.ModelAdmin):
     search_fields = ("name", "notes", "sha256")
     actions = ["make_default", "retire"]
 
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None):
+        """The checkpoint list, followed by the live workers (what each holds, memory) and the queue depths."""
+        from generation.selectors import workers_overview
+
+        context = dict(extra_context or {})
+        try:
+            context.update(workers_overview())
+        except Exception as error:  # Redis down: the checkpoint list still works
+            context["workers_error"] = str(error) or type(error).__name__
+        return super().changelist_view(request, extra_context=context)
+
     def get_form(self, request, obj=None, **kwargs):
         if obj is None:
             kwargs["form"] = CheckpointUploadForm

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -40,6 +40,10 @@ _infos: dict[_CacheKey, CheckpointInfo] = {}
 _residents: dict[_CacheKey, Resident] = {}
 _state_lock = threading.Lock()  # guards _engines/_residents bookkeeping; held only briefly
 _load_lock = threading.Lock()  # one load (and its evictions) at a time, so the budget is never counted twice
+
+#: Called as `listener(event, checkpoint_id)` after a load ("loaded") or an eviction ("evicted"); the worker
+#: uses it to consume (or stop consuming) the checkpoint's queue. See add_listener.
+_listeners: list[Callable[[str, int], None]] = []
 
 #: Jobs created this recently count as demand for their checkpoint, beside the queued ones.
 RECENT_DEMAND = timedelta(minutes=10)
@@ -112,7 +116,8 @@ def _acquire(checkpoint: Checkpoint, *, busy: int) -> Engine:
             with _state_lock:
                 _engines[key] = engine
                 _residents[key] = Resident(key, need, last_used=time.monotonic(), busy=busy)
-            return engine
+        _notify("loaded", key[0])
+        return engine
 
 
 def _evict_for(need_bytes: int) -> None:
@@ -129,6 +134,20 @@ def _evict_for(need_bytes: int) -> None:
     for key, engine in zip(victims, evicted):
         logger.info("Evicting checkpoint %s to make room for %d bytes", key[0], need_bytes)
         engine.close()
+        _notify("evicted", key[0])
+
+
+def add_listener(listener: Callable[[str, int], None]) -> None:
+    """Call `listener(event, checkpoint_id)` after each load ("loaded") and eviction ("evicted")."""
+    _listeners.append(listener)
+
+
+def _notify(event: str, checkpoint_id: int) -> None:
+    for listener in list(_listeners):
+        try:
+            listener(event, checkpoint_id)
+        except Exception:
+            logger.exception("Pool listener failed on %s of checkpoint %s", event, checkpoint_id)
 
 
 def estimated_bytes(checkpoint: Checkpoint) -> int:
@@ -203,6 +222,12 @@ def context_window(checkpoint: Checkpoint) -> int:
 
 def loaded_checkpoint_ids() -> list[int]:
     return sorted(pk for pk, _ in _engines)
+
+
+def resident_sizes() -> dict[int, int]:
+    """Estimated bytes per resident checkpoint id."""
+    with _state_lock:
+        return {key[0]: resident.size_bytes for key, resident in _residents.items()}
 
 
 def resident_bytes() -> int:

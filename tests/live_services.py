@@ -62,15 +62,15 @@ def database_url(settings_dict: dict) -> str:
 class WorkerProcess:
     """A real `celery worker` child process with the bundled model, against the test database and Redis."""
 
-    def __init__(self, database: str, *, name: str) -> None:
-        self.database, self.name = database, name
+    def __init__(self, database: str, *, name: str, env: dict[str, str] | None = None) -> None:
+        self.database, self.name, self.extra_env = database, name, env or {}
         self.log_path = VAR / f"test-{name}.log"
         self.process: subprocess.Popen | None = None
 
     def start(self, *, timeout_s: float = 120.0) -> None:
         VAR.mkdir(exist_ok=True)
         self.log_path.write_text("")
-        env = dict(os.environ, DATABASE_URL=self.database)
+        env = dict(os.environ, DATABASE_URL=self.database, **self.extra_env)
         env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "llmsite", "worker", "--pool", "threads", "--concurrency", "4",

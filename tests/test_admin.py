@@ -30,3 +30,37 @@ def test_it_keeps_the_admin_from_users_who_are_not_staff(owner_client):
     response = owner_client.get("/admin/generation/job/")
     assert response.status_code == 302
     assert response.url.startswith("/admin/login/")
+
+
+@pytest.mark.django_db
+def test_it_shows_the_live_workers_and_queue_depths_under_the_checkpoints(staff_client, checkpoint):
+    from generation import streams, worker_registry
+
+    streams.client().flushdb()
+    worker_registry.publish(name="w1@host", holds={checkpoint.pk: 2048}, status={
+        "resident": [checkpoint.pk], "loading": [], "memory_used_bytes": 2048, "memory_budget_bytes": 8192,
+        "running_jobs": 3, "loads": 5, "evictions": 1, "heartbeat_at": 0,
+    })
+    streams.client().lpush(f"checkpoint.{checkpoint.pk}", "m")
+    try:
+        content = staff_client.get("/admin/modelzoo/checkpoint/").content.decode()
+    finally:
+        streams.client().flushdb()
+    workers = content[content.index('id="workers"'):]
+    assert "w1@host" in workers and checkpoint.name in workers
+    assert "2.0\xa0KB / 8.0\xa0KB" in workers
+    assert f"<td>checkpoint.{checkpoint.pk}</td><td>1</td>" in workers
+
+
+@pytest.mark.django_db
+def test_it_still_lists_checkpoints_when_the_worker_status_cannot_be_read(staff_client, checkpoint, monkeypatch):
+    from generation import selectors
+
+    def unreadable():
+        raise ConnectionError("redis is down")
+
+    monkeypatch.setattr(selectors, "workers_overview", unreadable)
+    response = staff_client.get("/admin/modelzoo/checkpoint/")
+    assert response.status_code == 200
+    content = response.content.decode()
+    assert checkpoint.name in content and "Worker status unavailable: redis is down" in content

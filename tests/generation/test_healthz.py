@@ -3,10 +3,18 @@ from __future__ import annotations
 
 import pytest
 
+from generation import streams, worker_registry
 from llmsite.celery import app as celery_app
 from llmsite.localredis import free_port
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def empty_redis():
+    streams.client().flushdb()
+    yield
+    streams.client().flushdb()
 
 
 class FakeInspect:
@@ -27,8 +35,31 @@ def test_it_is_ok_when_everything_answers(client, monkeypatch):
         "status": "ok",
         "database": {"ok": True},
         "redis": {"ok": True},
-        "workers": {"ok": True, "count": 1, "names": ["worker1@host"]},
+        "workers": {"ok": True, "count": 1, "names": ["worker1@host"], "live": []},
+        "queues": {"celery": 0},
     }
+
+
+def test_it_shows_what_each_live_worker_holds_and_the_queue_depths(client, monkeypatch, checkpoint):
+    monkeypatch.setattr(celery_app.control, "inspect",
+                        lambda **kwargs: FakeInspect({"worker1@host": {"ok": "pong"}}))
+    worker_registry.publish(name="worker1@host", holds={checkpoint.pk: 1000}, status={
+        "resident": [checkpoint.pk], "loading": [], "memory_used_bytes": 1000, "memory_budget_bytes": 4000,
+        "running_jobs": 2, "loads": 1, "evictions": 0, "heartbeat_at": 0,
+    })
+    worker_registry.publish(name="gone@host", holds={}, status={"resident": []})
+    streams.client().zadd(streams.WORKERS_KEY, {"gone@host": 1.0})  # its last heartbeat is long past
+    streams.client().lpush("celery", "m1", "m2")
+    streams.client().lpush(f"checkpoint.{checkpoint.pk}", "m3")
+
+    body = client.get("/healthz").json()
+
+    [live] = body["workers"]["live"]
+    assert live["name"] == "worker1@host"
+    assert live["resident"] == [{"id": checkpoint.pk, "name": checkpoint.name}]
+    assert (live["memory_used_bytes"], live["memory_budget_bytes"], live["running_jobs"], live["loads"]) == (
+        1000, 4000, 2, 1)
+    assert body["queues"] == {"celery": 2, f"checkpoint.{checkpoint.pk}": 1}
 
 
 def test_it_fails_without_workers(client, settings):
@@ -38,7 +69,7 @@ def test_it_fails_without_workers(client, settings):
     data = response.json()
     assert data["status"] == "fail"
     assert data["redis"] == {"ok": True}
-    assert data["workers"] == {"ok": False, "count": 0, "names": [], "error": "no worker answered"}
+    assert data["workers"] == {"ok": False, "count": 0, "names": [], "error": "no worker answered", "live": []}
 
 
 def test_it_fails_when_redis_is_down(client, settings):

@@ -1,0 +1,85 @@
+"""The Celery queues as Redis lists: their depths, and moving messages out of queues nobody consumes.
+
+Kombu's Redis transport keeps a queue as a list named after it (LPUSH to publish, BRPOP to consume, so the
+oldest message is at the right end). Messages are moved whole, with their delivery info untouched: a moved
+message whose worker dies is restored to its old queue and swept again.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from django.conf import settings
+
+from generation import streams
+from generation.routing import CHECKPOINT_QUEUE_PREFIX, WORKER_QUEUE_SUFFIX, WorkerState, checkpoint_id_of_queue
+
+logger = logging.getLogger(__name__)
+
+# Newest first from the left of the source onto the right of the target: the oldest moved message ends up
+# rightmost, i.e. next in line, ahead of what was already waiting in the target (it waited longer).
+_MOVE_ALL = """
+local moved = 0
+while true do
+  local message = redis.call('LPOP', KEYS[1])
+  if not message then return moved end
+  redis.call('RPUSH', KEYS[2], message)
+  moved = moved + 1
+end
+"""
+
+
+def default_queue() -> str:
+    return settings.CELERY_TASK_DEFAULT_QUEUE
+
+
+def routed_queue_names() -> list[str]:
+    """Checkpoint queues and worker direct queues that exist in Redis now (a list with messages)."""
+    client = streams.client()
+    names = set()
+    for pattern in (f"{CHECKPOINT_QUEUE_PREFIX}*", f"*{WORKER_QUEUE_SUFFIX}"):
+        for key in client.scan_iter(match=pattern, count=500, _type="list"):
+            names.add(key.decode())
+    return sorted(names)
+
+
+def depths() -> dict[str, int]:
+    """Messages waiting per queue: the default queue, then every checkpoint and worker queue that has some.
+    Messages a worker has taken but not yet acked are not counted."""
+    names = [default_queue(), *routed_queue_names()]
+    pipe = streams.client().pipeline(transaction=False)
+    for name in names:
+        pipe.llen(name)
+    return dict(zip(names, pipe.execute()))
+
+
+def move_all(*, source: str, target: str) -> int:
+    """Move every message of `source` to `target` atomically; how many were moved."""
+    return int(streams.client().eval(_MOVE_ALL, 2, source, target))
+
+
+def stranded_queues(*, queues: Iterable[str], live: Iterable[WorkerState]) -> list[str]:
+    """The queues no live worker consumes: a checkpoint queue no live worker holds, a dead worker's queue."""
+    live = list(live)
+    held = {checkpoint_id for worker in live for checkpoint_id in worker.holds}
+    names = {worker.name for worker in live}
+    stranded = []
+    for queue in queues:
+        checkpoint_id = checkpoint_id_of_queue(queue)
+        if checkpoint_id is not None and checkpoint_id not in held:
+            stranded.append(queue)
+        elif queue.endswith(WORKER_QUEUE_SUFFIX) and queue[: -len(WORKER_QUEUE_SUFFIX)] not in names:
+            stranded.append(queue)
+    return stranded
+
+
+def sweep_stranded(*, live: Iterable[WorkerState]) -> int:
+    """Move the messages of every stranded queue to the default queue; how many were moved."""
+    moved = 0
+    for queue in stranded_queues(queues=routed_queue_names(), live=live):
+        count = move_all(source=queue, target=default_queue())
+        if count:
+            logger.info("Moved %d message(s) from %s, which no live worker consumes, to %s",
+                        count, queue, default_queue())
+        moved += count
+    return moved
