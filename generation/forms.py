@@ -15,7 +15,8 @@ SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "max_tokens", "seed", "repet
 
 class CheckpointChoiceField(forms.ModelChoiceField):
     def label_from_instance(self, obj: Checkpoint) -> str:
-        return f"{obj.name} (default)" if obj.is_default else obj.name
+        roles = (["default"] if obj.is_default else []) + [f"default for {d.task}" for d in obj.task_defaults.all()]
+        return f"{obj.name} ({', '.join(roles)})" if roles else obj.name
 
 
 class JobForm(forms.Form):
@@ -37,9 +38,9 @@ class JobForm(forms.Form):
         choices=[(key, key.capitalize()) for key in prompts.LENGTHS], initial=prompts.DEFAULT_LENGTH, required=False
     )
     checkpoint = CheckpointChoiceField(
-        queryset=Checkpoint.objects.ready(),
+        queryset=Checkpoint.objects.ready().prefetch_related("task_defaults"),
         required=False,
-        empty_label=None,
+        empty_label="The task's default",
         error_messages={"invalid_choice": "Choose one of the available checkpoints."},
     )
     # Advanced: blank means the task's default (prompts.TASK_DEFAULTS).
@@ -52,9 +53,6 @@ class JobForm(forms.Form):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        default = Checkpoint.default()
-        if default is not None and not self.initial.get("checkpoint"):
-            self.fields["checkpoint"].initial = default.pk
         self.prompt_tokens: int | None = None
 
     def clean_top_p(self) -> float | None:
@@ -64,7 +62,7 @@ class JobForm(forms.Form):
         return top_p
 
     def clean_checkpoint(self) -> Checkpoint:
-        checkpoint = self.cleaned_data.get("checkpoint") or Checkpoint.default()
+        checkpoint = self.cleaned_data.get("checkpoint") or Checkpoint.default(task=self.cleaned_data.get("task"))
         if checkpoint is None:
             raise forms.ValidationError("No checkpoint is ready; ask an administrator to add one.")
         return checkpoint

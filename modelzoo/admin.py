@@ -5,7 +5,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from modelzoo import services, validation
-from modelzoo.models import Checkpoint
+from modelzoo.models import Checkpoint, TaskDefault
 
 
 class CheckpointUploadForm(forms.ModelForm):
@@ -38,11 +38,11 @@ class CheckpointUploadForm(forms.ModelForm):
 
 @admin.register(Checkpoint)
 class CheckpointAdmin(admin.ModelAdmin):
-    list_display = ("name", "status", "is_default", "format", "base", "architecture", "quantization", "context_length",
+    list_display = ("name", "status", "is_default", "default_for", "format", "base", "architecture", "quantization", "context_length",
                     "parameter_count", "uploaded_by", "created")
     list_filter = ("status", "format", "is_default")
     search_fields = ("name", "notes", "sha256")
-    actions = ["make_default", "retire"]
+    actions = ["make_default", "make_default_for_code", "make_default_for_qa", "make_default_for_summarize", "retire"]
 
     def changelist_view(self, request: HttpRequest, extra_context: dict | None = None):
         """The checkpoint list, followed by the live workers (what each holds, memory) and the queue depths."""
@@ -83,15 +83,40 @@ class CheckpointAdmin(admin.ModelAdmin):
         obj.refresh_from_db()
         self.message_user(request, f"{obj.name} uploaded; it is being validated (refresh to see its status).")
 
-    @admin.action(description="Make the default checkpoint")
-    def make_default(self, request: HttpRequest, queryset: QuerySet[Checkpoint]) -> None:
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Checkpoint]:
+        return super().get_queryset(request).prefetch_related("task_defaults")
+
+    @admin.display(description="Default for")
+    def default_for(self, obj: Checkpoint) -> str:
+        return ", ".join(sorted(d.task for d in obj.task_defaults.all())) or "–"
+
+    def _make_default(self, request: HttpRequest, queryset: QuerySet[Checkpoint], task: str | None) -> None:
         if queryset.count() != 1:
             self.message_user(request, "Choose exactly one checkpoint.", messages.ERROR)
             return
+        checkpoint = queryset.get()
         try:
-            services.checkpoint_make_default(checkpoint=queryset.get())
+            services.checkpoint_make_default(checkpoint=checkpoint, task=task)
         except ValueError as error:
             self.message_user(request, str(error), messages.ERROR)
+            return
+        self.message_user(request, f"{checkpoint.name} is now the default for {task + ' jobs' if task else 'every task without its own'}.")
+
+    @admin.action(description="Make the default checkpoint (tasks without their own)")
+    def make_default(self, request: HttpRequest, queryset: QuerySet[Checkpoint]) -> None:
+        self._make_default(request, queryset, None)
+
+    @admin.action(description="Make the default for code generation")
+    def make_default_for_code(self, request: HttpRequest, queryset: QuerySet[Checkpoint]) -> None:
+        self._make_default(request, queryset, TaskDefault.Task.CODE)
+
+    @admin.action(description="Make the default for question answering")
+    def make_default_for_qa(self, request: HttpRequest, queryset: QuerySet[Checkpoint]) -> None:
+        self._make_default(request, queryset, TaskDefault.Task.QA)
+
+    @admin.action(description="Make the default for summarization")
+    def make_default_for_summarize(self, request: HttpRequest, queryset: QuerySet[Checkpoint]) -> None:
+        self._make_default(request, queryset, TaskDefault.Task.SUMMARIZE)
 
     @admin.action(description="Retire (no new jobs; history keeps it)")
     def retire(self, request: HttpRequest, queryset: QuerySet[Checkpoint]) -> None:

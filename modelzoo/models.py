@@ -78,5 +78,23 @@ class Checkpoint(models.Model):
         return self.status == self.Status.READY
 
     @classmethod
-    def default(cls) -> Checkpoint | None:
-        return cls.objects.ready().filter(is_default=True).first() or cls.objects.ready().first()
+    def default(cls, task: str | None = None) -> Checkpoint | None:
+        """The task's default when it has a ready one, else the overall default, else any ready checkpoint."""
+        ready = cls.objects.ready()
+        chosen = ready.filter(task_defaults__task=task).first() if task else None
+        return chosen or ready.filter(is_default=True).first() or ready.first()
+
+
+class TaskDefault(models.Model):
+    """The checkpoint a task's jobs run on when the user picks none (an admin sets it per task)."""
+
+    class Task(models.TextChoices):
+        CODE = "code", "Code generation"
+        QA = "qa", "Question answering"
+        SUMMARIZE = "summarize", "Summarization"
+
+    task = models.CharField(max_length=20, choices=Task.choices, unique=True)
+    checkpoint = models.ForeignKey(Checkpoint, on_delete=models.CASCADE, related_name="task_defaults")
+
+    def __str__(self) -> str:
+        return f"{self.task}: {self.checkpoint}"

@@ -13,7 +13,7 @@ from django.db import transaction
 
 from modelzoo import validation
 from modelzoo.archive import ArchiveError, ArchiveLimits, extract_checkpoint_zip
-from modelzoo.models import Checkpoint
+from modelzoo.models import Checkpoint, TaskDefault
 
 logger = logging.getLogger(__name__)
 
@@ -134,15 +134,23 @@ def _unpack_if_archive(checkpoint: Checkpoint) -> Checkpoint:
     return checkpoint
 
 
-def checkpoint_make_default(*, checkpoint: Checkpoint) -> None:
-    """The one default checkpoint: only a ready one can be it."""
+def checkpoint_make_default(*, checkpoint: Checkpoint, task: str | None = None) -> None:
+    """The default for one task (code / qa / summarize), or the overall default for tasks without their own.
+    Only a ready checkpoint can be either."""
     if not checkpoint.is_ready:
         raise ValueError(f"{checkpoint.name} is {checkpoint.status}, not ready")
+    if task is not None:
+        if task not in TaskDefault.Task.values:
+            raise ValueError(f"unknown task {task!r}")
+        TaskDefault.objects.update_or_create(task=task, defaults={"checkpoint": checkpoint})
+        return
     with transaction.atomic():
         Checkpoint.objects.filter(is_default=True).exclude(pk=checkpoint.pk).update(is_default=False)
         Checkpoint.objects.filter(pk=checkpoint.pk).update(is_default=True)
 
 
 def checkpoint_retire(*, checkpoint: Checkpoint) -> None:
-    """No new jobs on it; earlier jobs keep pointing at it in the history."""
-    Checkpoint.objects.filter(pk=checkpoint.pk).update(status=Checkpoint.Status.RETIRED, is_default=False)
+    """No new jobs on it (it stops being a default); earlier jobs keep pointing at it in the history."""
+    with transaction.atomic():
+        Checkpoint.objects.filter(pk=checkpoint.pk).update(status=Checkpoint.Status.RETIRED, is_default=False)
+        TaskDefault.objects.filter(checkpoint=checkpoint).delete()

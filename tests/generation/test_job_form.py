@@ -115,6 +115,7 @@ def test_it_keeps_the_language_of_a_code_job(checkpoint):
     assert form.job_kwargs()["context"] == ""
 
 
-def test_it_preselects_the_default_checkpoint(checkpoint):
-    assert JobForm().fields["checkpoint"].initial == checkpoint.pk
-    assert list(JobForm().fields["checkpoint"].queryset) == [checkpoint]
+def test_it_preselects_the_tasks_default_and_lists_the_ready_checkpoints(checkpoint):
+    field = JobForm().fields["checkpoint"]
+    assert field.initial is None and field.empty_label == "The task's default"
+    assert list(field.queryset) == [checkpoint]

@@ -28,7 +28,7 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="print one JSON object")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        checkpoint = self._checkpoint(options["checkpoint"])
+        checkpoint = self._checkpoint(options["checkpoint"], options["task"])
         from modelzoo.engine import SamplingParams
 
         task = options["task"]
@@ -81,14 +81,14 @@ class Command(BaseCommand):
             )
 
     @staticmethod
-    def _checkpoint(name: str | None) -> Checkpoint:
+    def _checkpoint(name: str | None, task: str) -> Checkpoint:
         if name:
             checkpoint = Checkpoint.objects.ready().filter(name=name).first()
             if checkpoint is None:
                 names = ", ".join(Checkpoint.objects.ready().values_list("name", flat=True)) or "none"
                 raise CommandError(f"no ready checkpoint named {name!r} (ready: {names})")
             return checkpoint
-        checkpoint = Checkpoint.default()
+        checkpoint = Checkpoint.default(task=task)
         if checkpoint is None:
             raise CommandError("no ready checkpoint; run migrate (it adds the bundled one)")
         return checkpoint
