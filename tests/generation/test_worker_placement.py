@@ -50,7 +50,10 @@ def test_it_leaves_the_queue_to_another_live_holder(me):
     assert streams.client().llen("celery") == 0
 
 
-def test_it_drops_a_claim_whose_load_never_happened(me, checkpoint):
+def test_it_drops_a_claim_whose_load_never_happened(me, checkpoint, monkeypatch):
+    from modelzoo import pool
+
+    monkeypatch.setattr(pool, "resident_sizes", lambda: {})  # whatever earlier tests left in this process's pool
     worker_placement._publish()  # alive, holding nothing
     worker_placement._claim(checkpoint)
     [state] = worker_registry.live_workers()
