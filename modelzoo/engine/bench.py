@@ -54,6 +54,7 @@ def run_bench(
     concurrency: tuple[int, ...] = (1, 4, 16),
     device: str | None = None,
     quantization: str | None = DEFAULT_QUANTIZATION,
+    dtype: torch.dtype | None = None,
     against_llamacpp: bool = False,
     against_transformers: bool = False,
 ) -> dict[str, Any]:
@@ -61,7 +62,7 @@ def run_bench(
     threads, and the ratios ours/theirs (under "llamacpp" / "transformers" and "ratios")."""
     path = Path(path) if path else default_checkpoint_path()
     t0 = time.perf_counter()
-    ckpt = load_checkpoint(path, device=device, quantization=quantization)
+    ckpt = load_checkpoint(path, device=device, quantization=quantization, dtype=dtype)
     load_s = time.perf_counter() - t0
     max_batch = max(concurrency)
     prompt = bench_prompt(ckpt.tokenizer, ckpt.chat_template, prompt_tokens)

@@ -6,6 +6,7 @@ holding config.json + *.safetensors), never from its name.
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import json
 import logging
@@ -20,7 +21,7 @@ import torch
 from . import gguf_format
 from .chat_template import ChatTemplate
 from .config import ModelConfig
-from .half_linear import use_half_linears
+from . import packed_linear
 from .model import Transformer, fuse_layer, fuse_top, load_strict
 from .quantize import check_mode, quantize_state_dict, swap_linears
 from .threads import in_throwaway_thread
@@ -214,18 +215,29 @@ def _assemble(
     return state
 
 
+def release_freed_memory() -> None:
+    """Give the memory the load freed (each layer's float32 copy) back to the system: glibc
+    keeps freed heap memory for reuse, ~100 MB here, and the process's peak grew by as much."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 def default_dtype(device: torch.device, quantization: str | None = None) -> torch.dtype:
-    """bfloat16 on CUDA; float16 on CPU, where it halves the bytes a decode step reads
-    (weights stream from memory once per step) and still gives the golden greedy tokens,
-    which bfloat16 does not (its 8-bit mantissa drifts within a few dozen tokens).
-    Quantized weights compute in bfloat16: torch's int8/int4 CPU kernels are fast only there."""
-    return torch.bfloat16 if device.type == "cuda" or quantization else torch.float16
+    """bfloat16 on CUDA. On an x86 CPU, float16 weights computed by FBGEMM in float32
+    (packed_linear.py): half the bytes per decode step of float32, and still the golden
+    greedy tokens, which bfloat16 does not give (its 8-bit mantissa drifts within a few
+    dozen tokens). float32 on other CPUs. Quantized weights compute in bfloat16: torch's
+    int8/int4 CPU kernels are fast only there."""
+    if device.type == "cuda" or quantization:
+        return torch.bfloat16
+    return torch.float16 if packed_linear.available() else torch.float32
 
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-@in_throwaway_thread
 def load_checkpoint(
     path: str | Path, *, device: str | torch.device | None = None, quantization: str | None = DEFAULT_QUANTIZATION,
     dtype: torch.dtype | None = None,
@@ -237,6 +249,15 @@ def load_checkpoint(
     ("int8", "int4" or None for float) then re-quantizes the Linear weights from those
     floats and swaps in the matching modules (see quantize.py); int4 is CPU only.
     """
+    loaded = _load_in_a_throwaway_thread(path, device=device, quantization=quantization, dtype=dtype)
+    release_freed_memory()  # once the thread and everything it allocated are gone
+    return loaded
+
+
+@in_throwaway_thread
+def _load_in_a_throwaway_thread(
+    path: str | Path, *, device: str | torch.device | None, quantization: str | None, dtype: torch.dtype | None
+) -> LoadedCheckpoint:
     quantization = check_mode(quantization)
     path = Path(path).resolve()
     info = inspect_checkpoint(path)
@@ -260,8 +281,8 @@ def load_checkpoint(
     load_strict(model, state, device=dev, dtype=dtype)
     del state
     model.eval().requires_grad_(False)
-    if dtype == torch.float16 and dev.type == "cpu":
-        use_half_linears(model)
+    if dtype == torch.float16 and dev.type == "cpu" and packed_linear.available():
+        packed_linear.use_packed_float16(model)
     log.info("loaded %s (%s, %s) on %s as %s, weights %s", path.name, info.format, info.quantization, dev, dtype,
              quantization or "float")
     return LoadedCheckpoint(

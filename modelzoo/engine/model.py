@@ -13,6 +13,9 @@ positions).
 
 from __future__ import annotations
 
+import math
+import mmap
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,6 +30,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # one fused op instead of six
         # Normalize in float32 like the reference, then cast back (matters under bf16).
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -34,25 +39,36 @@ class RMSNorm(nn.Module):
 
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables for HF's rotate_half layout. positions: (B, T) -> (B, 1, T, hd) each."""
+    """cos/sin tables for HF's rotate_half layout. positions: (B, T) -> (B, T, 1, hd) each."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
     freqs = positions.float()[..., None] * inv_freq  # (B, T, hd/2)
-    emb = torch.cat([freqs, freqs], dim=-1)[:, None]  # (B, 1, T, hd)
+    emb = torch.cat([freqs, freqs], dim=-1)[:, :, None]  # (B, T, 1, hd): broadcasts over heads
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x: (B, H, T, hd); rotate_half pairs dimension i with i + hd/2
+    # x: (B, T, heads, hd); rotate_half pairs dimension i with i + hd/2
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos + rotated * sin
 
 
+def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Zeros that take memory only where written: on CPU an anonymous mmap, whose pages the
+    kernel hands out zero-filled on first touch (torch.zeros writes every page up front, so
+    an 8 x 2048-position cache would cost its full size before the first request)."""
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    count = math.prod(shape)
+    buffer = mmap.mmap(-1, max(count * torch.empty((), dtype=dtype).element_size(), 1))
+    return torch.frombuffer(buffer, dtype=dtype, count=count).view(shape)  # the tensor keeps the mmap alive
+
+
 class KVCache(nn.Module):
     """Preallocated per-layer cache, one slot per batch row, indexed by position.
 
-    Zero-filled, so positions that are masked out hold finite values and can never
-    inject NaN into attention. Rows read back in another dtype are converted into
+    Zero-filled (lazily, see lazy_zeros), so positions that are masked out hold finite values
+    and can never inject NaN into attention. Rows read back in another dtype are converted into
     `read_buffer`, one flat scratch tensor that all layers share (they attend one after
     another): converting into fresh tensors cost 4x more on CPU, mostly page faults.
     """
@@ -63,8 +79,8 @@ class KVCache(nn.Module):
     ) -> None:
         super().__init__()
         shape = (slots, n_kv_heads, max_seq_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("k", lazy_zeros(shape, dtype, device), persistent=False)
+        self.register_buffer("v", lazy_zeros(shape, dtype, device), persistent=False)
         self.read_buffer = read_buffer  # (2, slots * n_kv_heads * max_seq_len * head_dim) or None
 
     def update(
@@ -102,6 +118,27 @@ def attention_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
     return torch.float32 if dtype == torch.float16 and device.type == "cpu" else dtype
 
 
+def decode_bias(mask: torch.Tensor, n_kv_heads: int, n_rep: int, dtype: torch.dtype) -> torch.Tensor:
+    """A decode step's mask (B, 1, 1, S) bool as the additive bias decode_attention takes,
+    (B * n_kv_heads, n_rep, S) in the attention dtype with -inf where masked; built once per step."""
+    B, S = mask.shape[0], mask.shape[-1]
+    bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+    return bias.expand(B, n_kv_heads, n_rep, S).reshape(B * n_kv_heads, n_rep, S)
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """One new position per row: q (B, H, 1, hd), k/v (B, K, S, hd), bias from decode_bias -> (B, H, 1, hd).
+
+    Written out rather than SDPA because each row's result must not depend on the batch:
+    torch's CPU SDPA splits its work by batch size and its sums then differ in the last
+    bits (logits moved by ~1e-5), while batched matmuls and softmax compute every row the
+    same way. Three ops, about as fast as SDPA: the scale and the mask ride on baddbmm."""
+    B, H, _, hd = q.shape
+    K, S = k.shape[1], k.shape[2]
+    scores = torch.baddbmm(bias, q.reshape(B * K, H // K, hd), k.reshape(B * K, S, hd).transpose(1, 2), alpha=hd**-0.5)
+    return torch.bmm(scores.softmax(-1), v.reshape(B * K, S, hd)).view(B, H, 1, hd)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -122,12 +159,12 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         cfg = self.cfg
         B, T, _ = x.shape
-        q, k, v = self.wqkv(x).split([cfg.q_size, cfg.kv_size, cfg.kv_size], dim=-1)
-        q = q.view(B, T, cfg.n_heads, cfg.head_dim).transpose(1, 2)  # (B, H, T, hd)
-        k = k.view(B, T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)  # (B, K, T, hd)
-        v = v.view(B, T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)  # (B, K, T, hd)
-        q = apply_rope(q, cos, sin)
-        k = apply_rope(k, cos, sin)
+        H, K = cfg.n_heads, cfg.n_kv_heads
+        qkv = self.wqkv(x).view(B, T, H + 2 * K, cfg.head_dim)  # heads: H query, K key, K value
+        qk = apply_rope(qkv[:, :, : H + K], cos, sin)  # q and k heads rotated in one go
+        q = qk[:, :, :H].transpose(1, 2)  # (B, H, T, hd)
+        k = qk[:, :, H:].transpose(1, 2)  # (B, K, T, hd)
+        v = qkv[:, :, H + K :].transpose(1, 2)  # (B, K, T, hd)
         dtype = attention_dtype(x.dtype, x.device)
         if cache is not None:
             assert slots is not None
@@ -138,6 +175,8 @@ class Attention(nn.Module):
         gqa = cfg.n_rep > 1  # SDPA shares each k/v head among n_rep query heads without copying
         if mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)  # no cache: plain causal
+        elif T == 1:
+            y = decode_attention(q, k, v, mask)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)  # mask: (B, 1, T, S) bool
         y = y.transpose(1, 2).reshape(B, T, cfg.q_size).to(x.dtype)  # (B, T, H*hd)
@@ -172,6 +211,9 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
+    #: Compute dtype when it differs from the weights' (float16 weights packed for float32 products).
+    activation_dtype: torch.dtype | None = None
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -189,7 +231,7 @@ class Transformer(nn.Module):
         p = self.tok_embeddings.weight
         cfg = self.cfg
         dtype = dtype or p.dtype
-        read_dtype = attention_dtype(p.dtype, p.device)
+        read_dtype = attention_dtype(self.activation_dtype or p.dtype, p.device)
         read_buffer = None
         if read_dtype != dtype:
             read_buffer = torch.empty(2, slots * cfg.n_kv_heads * max_seq_len * cfg.head_dim, dtype=read_dtype, device=p.device)
@@ -217,12 +259,16 @@ class Transformer(nn.Module):
         if positions is None:
             positions = torch.arange(T, device=tokens.device).expand(B, T)
         x = self.tok_embeddings(tokens)  # (B, T, D)
+        if self.activation_dtype is not None:
+            x = x.to(self.activation_dtype)
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
         if caches is None:
             for layer in self.layers:
                 x = layer(x, cos, sin, None, None, None, positions)
         else:
             assert slots is not None and mask is not None, "a cached pass needs slots and a mask"
+            if T == 1:  # a decode step: the mask becomes decode_attention's bias, once for all layers
+                mask = decode_bias(mask, self.cfg.n_kv_heads, self.cfg.n_rep, attention_dtype(x.dtype, x.device))
             for layer, cache in zip(self.layers, caches):
                 x = layer(x, cos, sin, mask, cache, slots, positions, first_slots)
         if logit_index is not None:

@@ -41,3 +41,10 @@ def test_it_computes_ratios_so_that_above_one_means_faster():
     r = ratios(ours, theirs)
     assert r == {"prefill": 0.5, "decode": 0.5, "ttft": 0.5, "aggregate_1": 0.5, "aggregate_16": 2.0,
                  "aggregate_16_vs_best": 2.0}
+
+
+def test_it_benchmarks_the_weights_in_another_dtype_when_asked():
+    out = StringIO()
+    call_command("bench", "--json", "--max-tokens", "2", "--runs", "1", "--dtype", "float32", stdout=out)
+    result = json.loads(out.getvalue())
+    assert result["dtype"] == "float32" and result["decode_tokens_per_s"] > 0

@@ -9,6 +9,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 
 from modelzoo.engine.bench import run_bench
+from modelzoo.engine.checkpoint import DTYPES
 
 
 class Command(BaseCommand):
@@ -21,6 +22,8 @@ class Command(BaseCommand):
         parser.add_argument("--checkpoint", default=None, help="GGUF file or safetensors directory (default: bundled)")
         parser.add_argument("--quantization", choices=["none", "int8", "int4"], default=None,
                             help="weight-only quantization of our engine (default: the engine's default)")
+        parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
+                            help="weights' dtype (default: the engine's default for the device)")
         parser.add_argument("--against-llamacpp", action="store_true",
                             help="also run llama.cpp (llama-cpp-python) on the same GGUF and print ratios")
         parser.add_argument("--against-transformers", action="store_true",
@@ -30,6 +33,8 @@ class Command(BaseCommand):
         extra: dict[str, Any] = {}
         if opts["quantization"] is not None:
             extra["quantization"] = None if opts["quantization"] == "none" else opts["quantization"]
+        if opts["dtype"] is not None:
+            extra["dtype"] = DTYPES[opts["dtype"]]
         result = run_bench(opts["checkpoint"], max_tokens=opts["max_tokens"], runs=opts["runs"],
                            against_llamacpp=opts["against_llamacpp"], against_transformers=opts["against_transformers"], **extra)
         if opts["json"]:

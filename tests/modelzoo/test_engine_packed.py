@@ -1,0 +1,89 @@
+"""float16 weights on CPU: FBGEMM's packed products on float32 inputs, each row computed the same way
+whatever shares the call; the packed copy follows in-place weight changes; decode attention and the whole
+model are batch-invariant bit for bit; cache rows are read back through the shared float32 buffer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from modelzoo.engine import load_checkpoint
+from modelzoo.engine.model import KVCache
+from modelzoo.engine.packed_linear import PackedFloat16Linear, use_packed_float16
+from tests.modelzoo.gguf_factory import write_tiny_gguf
+
+
+def packed_linear(in_features: int = 64, out_features: int = 48) -> PackedFloat16Linear:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(in_features, out_features, bias=True).half())
+    return use_packed_float16(model)[0]
+
+
+def test_it_packs_linears_keeping_their_float16_weights():
+    layer = packed_linear()
+    assert type(layer) is PackedFloat16Linear and layer.weight.dtype == torch.float16
+
+
+def test_it_computes_in_float32_from_the_float16_weights_and_each_row_alike_in_any_batch():
+    layer = packed_linear()
+    x = torch.randn(16, 3, 64)
+    y = layer(x)
+    assert y.dtype == torch.float32
+    exact = x.double() @ layer.weight.double().T + layer.bias.double()
+    assert torch.allclose(y.double(), exact, rtol=1e-5, atol=1e-5)
+    for i in (0, 7, 15):
+        assert torch.equal(layer(x[i : i + 1]), y[i : i + 1])  # bit for bit, alone or in the batch
+
+
+def test_the_packed_copy_follows_an_in_place_change_of_the_weight():
+    layer = packed_linear()
+    x = torch.randn(2, 64)
+    before = layer(x)
+    with torch.no_grad():
+        layer.weight[:8] += 1.0  # through a view, like a LoRA merge of some rows
+    after = layer(x)
+    assert not torch.allclose(before[:, :8], after[:, :8])
+    assert torch.allclose(after.double(), x.double() @ layer.weight.double().T + layer.bias.double(), atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return load_checkpoint(write_tiny_gguf(tmp_path_factory.mktemp("tiny") / "tiny.gguf"), device="cpu")
+
+
+def test_a_rows_logits_are_the_same_bits_alone_and_in_a_batch_of_16(tiny):
+    model = tiny.model
+    assert isinstance(model.output, PackedFloat16Linear) and model.activation_dtype == torch.float32
+    torch.manual_seed(0)
+    B, T = 16, 12
+    tokens = torch.randint(0, tiny.config.vocab_size, (B, T))
+    positions = torch.arange(T).expand(B, T)
+    causal = (torch.arange(T)[None, :] <= torch.arange(T)[:, None]).expand(B, 1, T, T)
+    step = torch.randint(0, tiny.config.vocab_size, (B, 1))
+    decode_mask = torch.ones(B, 1, 1, T + 1, dtype=torch.bool)
+
+    def run(rows: slice) -> torch.Tensor:
+        n = rows.stop - rows.start
+        caches = model.make_caches(16, 32)
+        with torch.inference_mode():
+            model(tokens[rows], positions[rows], caches=caches, slots=torch.arange(n), mask=causal[rows],
+                  logit_index=torch.full((n,), T - 1))
+            return model(step[rows], torch.full((n, 1), T), caches=caches, slots=torch.arange(n),
+                         mask=decode_mask[rows], first_slots=True)[:, -1]
+
+    batch = run(slice(0, 16))
+    for r in (0, 5, 15):
+        assert torch.equal(run(slice(r, r + 1))[0], batch[r])
+
+
+def test_cache_rows_read_in_float32_through_the_shared_buffer_equal_a_plain_conversion():
+    buffer = torch.empty(2, 4 * 2 * 16 * 8)
+    cache = KVCache(4, 2, 16, 8, torch.float16, torch.device("cpu"), read_buffer=buffer)
+    k, v = torch.randn(3, 2, 5, 8), torch.randn(3, 2, 5, 8)
+    slots, positions = torch.arange(3), torch.arange(5).expand(3, 5)
+    k_rows, v_rows = cache.update(slots, positions, k, v, length=5, first_slots=True, dtype=torch.float32)
+    assert k_rows.dtype == torch.float32 and k_rows.shape == (3, 2, 5, 8)
+    assert torch.equal(k_rows, k.half().float()) and torch.equal(v_rows, v.half().float())
+    assert k_rows.data_ptr() == buffer[0].data_ptr()  # no new allocation
+    gathered, _ = cache.update(torch.tensor([2, 0]), positions[:2], k[:2], v[:2], length=5, dtype=torch.float32)
+    assert torch.equal(gathered, k[:2].half().float())  # row i reads the slot it wrote
