@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from modelzoo.engine import load_checkpoint
 from modelzoo.engine.lora import attach, save_adapter
-from tests.browser.test_main_flow import CHROMIUM, CHROMIUM_ARGS
 from tests.modelzoo.gguf_factory import write_tiny_gguf
 from tests.modelzoo.hf_dir_factory import write_hf_dir
 
@@ -31,16 +30,6 @@ def adapter_for(gguf_file: Path, folder: Path) -> Path:
     for param in attach(loaded.model, rank=2, alpha=4.0):
         param.data.normal_(0, 0.5)
     return save_adapter(loaded.model, folder, base_name="tiny-gguf", rank=2, alpha=4.0)
-
-
-@pytest.fixture
-def page(live_server):
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page()
-        page.set_default_timeout(30_000)
-        yield page
-        browser.close()
 
 
 def upload(page: Page, url: str, name: str, file: Path, base: str | None = None) -> None:

@@ -1,10 +1,10 @@
 """The job page in Chromium against the site under uvicorn: text grows while the job runs, Stop ends it."""
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from generation import services
 from generation.models import Job
-from tests.browser.test_main_flow import CHROMIUM, CHROMIUM_ARGS
+from tests.browser.chromium import chromium_page
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -17,10 +17,7 @@ def test_it_shows_text_growing_and_stops_a_running_job_keeping_its_text(checkpoi
     while "is resident" not in worker.log():
         assert time.monotonic() - start < deadline_log
         time.sleep(0.2)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        page = browser.new_page()
-        page.set_default_timeout(60_000)
+    with chromium_page(timeout_ms=60_000) as page:
         page.goto(f"{web.url}/accounts/login/")
         page.fill("#id_username", "alice")
         page.fill("#id_password", "alice-password-1")
@@ -48,4 +45,3 @@ def test_it_shows_text_growing_and_stops_a_running_job_keeping_its_text(checkpoi
         assert job.output and job.completion_tokens < 64
         expect(output).to_contain_text(job.output.strip()[:20])
         expect(page.locator("#cancel-form")).to_be_hidden()
-        browser.close()
