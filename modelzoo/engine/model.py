@@ -39,18 +39,21 @@ class RMSNorm(nn.Module):
 
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables for HF's rotate_half layout. positions: (B, T) -> (B, T, 1, hd) each."""
+    """cos and signed sin tables for HF's rotate_half layout. positions: (B, T) -> (B, T, 1, hd) each.
+
+    rotate_half(x) * sin == x.roll(hd/2) * signed_sin with the first half of sin negated,
+    bit for bit, so apply_rope needs one roll instead of two slices, a negation and a cat."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
     freqs = positions.float()[..., None] * inv_freq  # (B, T, hd/2)
     emb = torch.cat([freqs, freqs], dim=-1)[:, :, None]  # (B, T, 1, hd): broadcasts over heads
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+    sin = emb.sin()
+    signed_sin = torch.cat([-sin[..., : head_dim // 2], sin[..., head_dim // 2 :]], dim=-1)
+    return emb.cos().to(dtype), signed_sin.to(dtype)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
     # x: (B, T, heads, hd); rotate_half pairs dimension i with i + hd/2
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
 
 
 def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
