@@ -33,7 +33,6 @@ import torch
 
 from .checkpoint import LoadedCheckpoint
 from .sampling import SamplingParams, find_stop, make_generator, safe_prefix_len, sample
-from .threads import in_throwaway_thread
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +96,7 @@ class Engine:
         self.max_seq_len = min(max_seq_len or DEFAULT_MAX_SEQ_LEN, context)
         if kv_cache_dtype is None:
             kv_cache_dtype = torch.float16 if self.device.type == "cpu" else self.model.tok_embeddings.weight.dtype
-        self.caches = in_throwaway_thread(self.model.make_caches)(max_batch_size, self.max_seq_len, kv_cache_dtype)
+        self.caches = self.model.make_caches(max_batch_size, self.max_seq_len, kv_cache_dtype)
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._active: list[_Request] = []
         self._free_slots = list(range(max_batch_size))  # a heap: new requests take the lowest free slot

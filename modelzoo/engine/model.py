@@ -4,7 +4,7 @@ Shapes: B batch rows, T new tokens per row, S cache length, D dim, H query heads
 K key/value heads, hd head dim, F hidden (FFN) dim, V vocab.
 
 q/k/v are one fused Linear (wqkv) and gate/up one fused Linear (w13); checkpoints in
-the unfused layout are fused by `fuse_state_dict` before loading.
+the unfused layout are fused layer by layer (`fuse_layer`, `fuse_top`) while loading.
 
 The forward pass takes per-row positions and an optional KV cache so that one call
 serves prefill (T = prompt length) and batched decode (T = 1, rows at different
@@ -63,7 +63,7 @@ def lazy_zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device)
     if device.type != "cpu":
         return torch.zeros(shape, dtype=dtype, device=device)
     count = math.prod(shape)
-    buffer = mmap.mmap(-1, max(count * torch.empty((), dtype=dtype).element_size(), 1))
+    buffer = mmap.mmap(-1, max(count * dtype.itemsize, 1))
     return torch.frombuffer(buffer, dtype=dtype, count=count).view(shape)  # the tensor keeps the mmap alive
 
 
@@ -295,14 +295,6 @@ def fuse_top(state: dict[str, torch.Tensor], cfg: ModelConfig) -> None:
     if cfg.tie_embeddings:
         assert "output.weight" not in state or torch.equal(state["output.weight"], state["tok_embeddings.weight"])
         state.pop("output.weight", None)
-
-
-def fuse_state_dict(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """Unfused names (wq/wk/wv, w1/w3) -> our fused wqkv/w13, in place (so the unfused copies are freed)."""
-    for i in range(cfg.n_layers):
-        fuse_layer(state, i, cfg)
-    fuse_top(state, cfg)
-    return state
 
 
 def load_strict(model: Transformer, state: dict[str, torch.Tensor], *, device: torch.device, dtype: torch.dtype) -> None:

@@ -6,7 +6,7 @@ switches to very short spin-waits and sleeps between parallel regions, and each 
 hundreds of small matmuls in a decode step pays a wake-up: measured on 2 CPUs, a float16
 decode step on the engine thread took 21 ms after the checkpoint had been loaded on the
 main thread, and 12 ms when the load ran in a thread that had ended. So heavy one-off
-work (loading, merging, allocating caches) runs in a throwaway thread, and the engine
+work (loading, merging an adapter) runs in a throwaway thread, and the engine
 thread is the only long-lived thread that computes.
 """
 
