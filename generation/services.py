@@ -76,15 +76,10 @@ def job_create(
 def job_enqueue(*, job: Job) -> bool:
     """Publish the job's Celery message to the queue of a worker holding its checkpoint (else the default
     queue); on a broker error fail the job with the reason. True when queued."""
-    from generation.tasks import run_job
-    from llmsite.celery import app
+    from generation.tasks import send_run_job
 
     try:
-        queue = job_queue(checkpoint_id=job.checkpoint_id)
-        # A fresh connection per submit: cheap, and it always uses the configured broker URL. Publishing
-        # retries briefly (CELERY_TASK_PUBLISH_RETRY_POLICY) and then raises, so a dead Redis fails fast.
-        with app.connection_for_write() as connection:
-            run_job.apply_async(args=[job.pk], connection=connection, queue=queue)
+        send_run_job(job.pk, queue=job_queue(checkpoint_id=job.checkpoint_id))
     except Exception as exc:  # kombu OperationalError, redis ConnectionError, socket errors...
         logger.warning("Could not queue job %s: %s", job.pk, exc)
         reason = f"Could not queue the job: the job queue (Redis) is unreachable ({exc}). Please try again later."

@@ -30,6 +30,15 @@ def run_job(self, job_id: int, redelivered: bool = False, hops: int = 0) -> None
     run_or_forward(job_id=job_id, redelivered=redelivered or bool(delivery_info.get("redelivered")), hops=hops)
 
 
+def send_run_job(job_id: int, *, queue: Any, **kwargs: Any) -> None:
+    """Publish run_job on `queue` over a fresh broker connection: cheap, and always the configured broker URL.
+    Publishing retries briefly (CELERY_TASK_PUBLISH_RETRY_POLICY) and then raises, so a dead Redis fails fast."""
+    from llmsite.celery import app
+
+    with app.connection_for_write() as connection:
+        run_job.apply_async(args=[job_id], kwargs=kwargs or None, queue=queue, connection=connection)
+
+
 def preload_default_checkpoint() -> None:
     """Load the default checkpoint into this process's pool (the first job then finds it resident)."""
     from django.db import close_old_connections

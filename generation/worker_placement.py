@@ -114,16 +114,13 @@ def _decide(*, job: Any, hops: int) -> routing.Decision:
 def _forward(*, job_id: int, queue: str, redelivered: bool, hops: int) -> bool:
     from celery.utils.nodenames import worker_direct
 
-    from generation.tasks import run_job
-    from llmsite.celery import app
+    from generation.tasks import send_run_job
 
     target: Any = queue
     if queue.endswith(routing.WORKER_QUEUE_SUFFIX):  # through Celery's exchange for direct queues
         target = worker_direct(queue[: -len(routing.WORKER_QUEUE_SUFFIX)])
     try:
-        with app.connection_for_write() as connection:
-            run_job.apply_async(args=[job_id], kwargs={"redelivered": redelivered, "hops": hops}, queue=target,
-                                connection=connection)
+        send_run_job(job_id, queue=target, redelivered=redelivered, hops=hops)
     except Exception as exc:
         logger.warning("Job %s: could not forward to %s (%s); running it here", job_id, queue, exc)
         return False

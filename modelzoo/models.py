@@ -73,6 +73,10 @@ class Checkpoint(models.Model):
             return Path(default_checkpoint_path())
         return Path(self.path)
 
+    def weights_path(self) -> Path:
+        """The file the weights load from: a LoRA adapter's base's (the adapter is merged into them)."""
+        return (self.base if self.base_id else self).file_path()
+
     @property
     def is_ready(self) -> bool:
         return self.status == self.Status.READY

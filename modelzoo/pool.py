@@ -64,9 +64,8 @@ def _load_engine(checkpoint: Checkpoint) -> Engine:
     from modelzoo.engine.lora import merge_adapter
     from modelzoo.engine.threads import in_throwaway_thread
 
-    weights = checkpoint.base if checkpoint.base_id else checkpoint  # an adapter is merged into its base's weights
-    logger.info("Loading checkpoint %s from %s", checkpoint.name, weights.file_path())
-    loaded = load_checkpoint(weights.file_path(), device=settings.ENGINE_DEVICE, dtype=DTYPES.get(settings.ENGINE_DTYPE),
+    logger.info("Loading checkpoint %s from %s", checkpoint.name, checkpoint.weights_path())
+    loaded = load_checkpoint(checkpoint.weights_path(), device=settings.ENGINE_DEVICE, dtype=DTYPES.get(settings.ENGINE_DTYPE),
                              quantization=settings.ENGINE_QUANTIZATION or None)
     if checkpoint.base_id:
         in_throwaway_thread(merge_adapter)(loaded.model, checkpoint.file_path())
@@ -76,7 +75,7 @@ def _load_engine(checkpoint: Checkpoint) -> Engine:
 def _inspect(checkpoint: Checkpoint) -> CheckpointInfo:
     from modelzoo.engine import inspect_checkpoint
 
-    return inspect_checkpoint((checkpoint.base if checkpoint.base_id else checkpoint).file_path())
+    return inspect_checkpoint(checkpoint.weights_path())
 
 
 def engine_for(checkpoint: Checkpoint) -> Engine:

@@ -144,15 +144,13 @@ def test_it_routes_jobs_to_resident_checkpoints_with_fewer_loads_than_recency_on
 
 
 def test_it_runs_a_job_left_in_the_queue_of_a_checkpoint_nobody_holds(one_worker, tiny, owner, wait_for_job):
-    from generation.tasks import run_job
-    from llmsite.celery import app
+    from generation.tasks import send_run_job
 
     with pytest.MonkeyPatch.context() as patch:  # created without a message: it is published by hand below
         patch.setattr(services, "job_enqueue", lambda *, job: True)
         job = submit(owner, tiny["d"])
     stranded = f"checkpoint.{tiny['d'].pk}"  # as if the worker that held tiny-d had died after the routing
-    with app.connection_for_write() as conn:
-        run_job.apply_async(args=[job.pk], queue=stranded, connection=conn)
+    send_run_job(job.pk, queue=stranded)
 
     finished = wait_for_job(job.pk, timeout_s=120)
     assert finished.status == Job.Status.SUCCEEDED, (finished.error, one_worker.log()[-3000:])
