@@ -21,7 +21,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
-from generation import prompts, services, streams
+from generation import prompts, services, streams, worker_registry
 from generation.models import Job
 from modelzoo import pool
 from modelzoo.models import Checkpoint
@@ -217,7 +217,7 @@ def check_limits(*, user: Any, n: int) -> None:
     limit = settings.QUEUE_MAX_LENGTH
     if limit and Job.objects.filter(status=Job.Status.QUEUED).count() + n > limit:
         raise ApiError(429, "The job queue is full; try again later", type="requests", code="queue_full")
-    if not streams.workers_alive():
+    if not worker_registry.live_count():
         raise ApiError(503, "No worker is available to serve the request; try again later", type="server_error",
                        code="no_worker")
 

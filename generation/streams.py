@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from typing import Any, AsyncIterator
 
 import redis
 from django.conf import settings
 
 logger = logging.getLogger(__name__)
-
-WORKERS_KEY = "llmsite:workers"  # zset: worker name -> last heartbeat (unix time); see worker_registry
 
 
 def tokens_key(job_id: int) -> str:
@@ -83,14 +80,6 @@ def cancel_publish(*, job_id: int) -> None:
         client().publish(cancel_channel(job_id), "cancel")
     except redis.RedisError as exc:
         logger.warning("Job %s: cancel not published (the worker notices within a second): %s", job_id, exc)
-
-
-def workers_alive() -> int:
-    """Workers that sent a heartbeat within WORKER_HEARTBEAT_TTL_S."""
-    try:
-        return int(client().zcount(WORKERS_KEY, time.time() - settings.WORKER_HEARTBEAT_TTL_S, "+inf"))
-    except redis.RedisError:
-        return 0
 
 
 # --- reader side (async) -------------------------------------------------------------------------------------

@@ -16,11 +16,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import redis
 from django.conf import settings
 
 from generation import streams
 from generation.routing import WorkerState
 
+WORKERS_KEY = "llmsite:workers"  # zset: worker name -> last heartbeat (unix time)
 PLACEMENT_LOCK_KEY = "llmsite:placement-lock"
 
 
@@ -38,7 +40,15 @@ def _expiry_s() -> int:
 
 def live_names() -> list[str]:
     since = time.time() - settings.WORKER_HEARTBEAT_TTL_S
-    return sorted(name.decode() for name in streams.client().zrangebyscore(streams.WORKERS_KEY, since, "+inf"))
+    return sorted(name.decode() for name in streams.client().zrangebyscore(WORKERS_KEY, since, "+inf"))
+
+
+def live_count() -> int:
+    """Workers that sent a heartbeat within WORKER_HEARTBEAT_TTL_S; 0 when Redis cannot be read."""
+    try:
+        return int(streams.client().zcount(WORKERS_KEY, time.time() - settings.WORKER_HEARTBEAT_TTL_S, "+inf"))
+    except redis.RedisError:
+        return 0
 
 
 def live_workers() -> list[WorkerState]:
@@ -74,7 +84,7 @@ def _state(name: str, holds: dict[int, int], status: dict[str, Any]) -> WorkerSt
 def publish(*, name: str, holds: dict[int, int], status: dict[str, Any]) -> None:
     """One heartbeat: alive now, holding exactly `holds`, with `status` for the readers."""
     pipe = streams.client().pipeline()
-    pipe.zadd(streams.WORKERS_KEY, {name: time.time()})
+    pipe.zadd(WORKERS_KEY, {name: time.time()})
     pipe.delete(holds_key(name))
     if holds:
         pipe.hset(holds_key(name), mapping={str(key): value for key, value in holds.items()})
@@ -90,7 +100,7 @@ def hold(*, name: str, checkpoint_id: int, size_bytes: int) -> None:
 def forget(*, name: str) -> None:
     """The worker stopped (or starts afresh under the same name): drop everything it said."""
     pipe = streams.client().pipeline()
-    pipe.zrem(streams.WORKERS_KEY, name)
+    pipe.zrem(WORKERS_KEY, name)
     pipe.delete(holds_key(name), status_key(name))
     pipe.execute()
 

@@ -48,7 +48,7 @@ def test_it_shows_what_each_live_worker_holds_and_the_queue_depths(client, monke
         "running_jobs": 2, "loads": 1, "evictions": 0, "heartbeat_at": 0,
     })
     worker_registry.publish(name="gone@host", holds={}, status={"resident": []})
-    streams.client().zadd(streams.WORKERS_KEY, {"gone@host": 1.0})  # its last heartbeat is long past
+    streams.client().zadd(worker_registry.WORKERS_KEY, {"gone@host": 1.0})  # its last heartbeat is long past
     streams.client().lpush("celery", "m1", "m2")
     streams.client().lpush(f"checkpoint.{checkpoint.pk}", "m3")
 

@@ -29,7 +29,7 @@ def test_it_publishes_to_the_checkpoint_queue_of_a_live_holder(owner, checkpoint
 
 def test_it_publishes_to_the_default_queue_when_the_holder_is_not_alive(owner, checkpoint):
     worker_registry.publish(name="w1@host", holds={checkpoint.pk: 1}, status={})
-    streams.client().zadd(streams.WORKERS_KEY, {"w1@host": 1.0})  # last heartbeat long ago
+    streams.client().zadd(worker_registry.WORKERS_KEY, {"w1@host": 1.0})  # last heartbeat long ago
     create(owner, checkpoint)
     assert streams.client().llen("celery") == 1
     assert streams.client().llen(f"checkpoint.{checkpoint.pk}") == 0
