@@ -1,3 +1,5 @@
+from __future__ import annotations
+
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
@@ -36,13 +38,24 @@ class CheckpointUploadForm(forms.ModelForm):
         return upload
 
 
+def _make_default_for(task: TaskDefault.Task):
+    """The admin action "Make the default for <task>", named make_default_for_<task>."""
+
+    @admin.action(description=f"Make the default for {task.label.lower()}")
+    def action(modeladmin: CheckpointAdmin, request: HttpRequest, queryset: QuerySet[Checkpoint]) -> None:
+        modeladmin._make_default(request, queryset, task.value)
+
+    action.__name__ = f"make_default_for_{task.value}"
+    return action
+
+
 @admin.register(Checkpoint)
 class CheckpointAdmin(admin.ModelAdmin):
     list_display = ("name", "status", "is_default", "default_for", "format", "base", "architecture", "quantization", "context_length",
                     "parameter_count", "uploaded_by", "created")
     list_filter = ("status", "format", "is_default")
     search_fields = ("name", "notes", "sha256")
-    actions = ["make_default", "make_default_for_code", "make_default_for_qa", "make_default_for_summarize", "retire"]
+    actions = ["make_default", *(_make_default_for(task) for task in TaskDefault.Task), "retire"]
 
     def changelist_view(self, request: HttpRequest, extra_context: dict | None = None):
         """The checkpoint list, followed by the live workers (what each holds, memory) and the queue depths."""
@@ -105,18 +118,6 @@ class CheckpointAdmin(admin.ModelAdmin):
     @admin.action(description="Make the default checkpoint (tasks without their own)")
     def make_default(self, request: HttpRequest, queryset: QuerySet[Checkpoint]) -> None:
         self._make_default(request, queryset, None)
-
-    @admin.action(description="Make the default for code generation")
-    def make_default_for_code(self, request: HttpRequest, queryset: QuerySet[Checkpoint]) -> None:
-        self._make_default(request, queryset, TaskDefault.Task.CODE)
-
-    @admin.action(description="Make the default for question answering")
-    def make_default_for_qa(self, request: HttpRequest, queryset: QuerySet[Checkpoint]) -> None:
-        self._make_default(request, queryset, TaskDefault.Task.QA)
-
-    @admin.action(description="Make the default for summarization")
-    def make_default_for_summarize(self, request: HttpRequest, queryset: QuerySet[Checkpoint]) -> None:
-        self._make_default(request, queryset, TaskDefault.Task.SUMMARIZE)
 
     @admin.action(description="Retire (no new jobs; history keeps it)")
     def retire(self, request: HttpRequest, queryset: QuerySet[Checkpoint]) -> None:
