@@ -122,8 +122,12 @@ def _unpack_if_archive(checkpoint: Checkpoint) -> Checkpoint:
     if archive.suffix.lower() != ".zip":
         return checkpoint
     adapter = checkpoint.format == Checkpoint.Format.LORA
+    destination = archive.parent / ("adapter" if adapter else "model")
+    # The folder is this row's (CHECKPOINT_DIR/<id>/); one already there was left by an earlier database
+    # that had a checkpoint with the same id, and would make the extraction fail.
+    shutil.rmtree(destination, ignore_errors=True)
     folder = extract_checkpoint_zip(
-        archive, archive.parent / ("adapter" if adapter else "model"), adapter=adapter,
+        archive, destination, adapter=adapter,
         limits=ArchiveLimits(max_total_bytes=settings.CHECKPOINT_MAX_UNPACKED_BYTES),
     )
     archive.unlink()

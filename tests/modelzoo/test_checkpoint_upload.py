@@ -140,6 +140,20 @@ def test_it_serves_a_zipped_safetensors_folder_uploaded_in_the_admin(staff_clien
     assert not any(folder.parent.glob("*.zip"))  # the archive is gone once unpacked
 
 
+def test_it_unpacks_over_a_folder_left_by_an_earlier_database_with_the_same_id(tiny_gguf, tmp_path, storage):
+    from tests.modelzoo.hf_dir_factory import write_hf_dir
+
+    archive = zip_folder(write_hf_dir(tiny_gguf, tmp_path / "tiny-hf"), tmp_path / "tiny-hf.zip")
+    with archive.open("rb") as source:
+        stored = services.checkpoint_store(name="again", source=source, file_name="m.zip", queue_validation=False)
+    stale = storage / str(stored.pk) / "model"
+    stale.mkdir()
+    (stale / "config.json").write_text("{}")  # what an earlier checkpoint with this id unpacked
+    validated = services.checkpoint_validate(checkpoint_id=stored.pk)
+    assert validated.status == Checkpoint.Status.READY, validated.status_reason
+    assert Path(validated.path) == stale and (stale / "model.safetensors").is_file()
+
+
 def test_it_rejects_a_zip_that_reaches_outside_its_folder(tiny_gguf, tmp_path, storage):
     from tests.modelzoo.hf_dir_factory import write_hf_dir
 
