@@ -5,18 +5,19 @@ from typing import Any
 
 from django import forms
 
-from generation import prompts
+from generation import limits, prompts
 from generation.models import Job
-from modelzoo import pool
 from modelzoo.models import Checkpoint
-
-SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "max_tokens", "seed", "repetition_penalty")
-
 
 class CheckpointChoiceField(forms.ModelChoiceField):
     def label_from_instance(self, obj: Checkpoint) -> str:
         roles = (["default"] if obj.is_default else []) + [f"default for {d.task}" for d in obj.task_defaults.all()]
         return f"{obj.name} ({', '.join(roles)})" if roles else obj.name
+
+
+def _bounded(field_class: type[forms.Field], bounds: limits.Range, **kwargs: Any) -> forms.Field:
+    """An optional number field that keeps `bounds` (an open low end is checked in JobForm.clean)."""
+    return field_class(required=False, min_value=bounds.low, max_value=bounds.high, **kwargs)
 
 
 class JobForm(forms.Form):
@@ -43,23 +44,17 @@ class JobForm(forms.Form):
         empty_label="The task's default",
         error_messages={"invalid_choice": "Choose one of the available checkpoints."},
     )
-    # Advanced: blank means the task's default (prompts.TASK_DEFAULTS).
-    temperature = forms.FloatField(required=False, min_value=0.0, max_value=2.0, help_text="0 = greedy")
-    top_p = forms.FloatField(required=False, min_value=0.0, max_value=1.0)
-    top_k = forms.IntegerField(required=False, min_value=0, max_value=1000, help_text="0 = off")
-    max_tokens = forms.IntegerField(required=False, min_value=1, max_value=8192)
-    seed = forms.IntegerField(required=False, min_value=0, max_value=2**32 - 1)
-    repetition_penalty = forms.FloatField(required=False, min_value=0.5, max_value=2.0, help_text="1 = off")
+    # Advanced: blank means the task's default (prompts.TASK_DEFAULTS); the bounds are generation.limits'.
+    temperature = _bounded(forms.FloatField, limits.TEMPERATURE, help_text="0 = greedy")
+    top_p = _bounded(forms.FloatField, limits.TOP_P)
+    top_k = _bounded(forms.IntegerField, limits.TOP_K, help_text="0 = off")
+    max_tokens = _bounded(forms.IntegerField, limits.MAX_TOKENS)
+    seed = _bounded(forms.IntegerField, limits.SEED)
+    repetition_penalty = _bounded(forms.FloatField, limits.REPETITION_PENALTY, help_text="1 = off")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.prompt_tokens: int | None = None
-
-    def clean_top_p(self) -> float | None:
-        top_p = self.cleaned_data.get("top_p")
-        if top_p is not None and top_p <= 0:
-            raise forms.ValidationError("Ensure this value is greater than 0.")
-        return top_p
 
     def clean_checkpoint(self) -> Checkpoint:
         checkpoint = self.cleaned_data.get("checkpoint") or Checkpoint.default(task=self.cleaned_data.get("task"))
@@ -69,11 +64,15 @@ class JobForm(forms.Form):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
+        for name, bounds in limits.SAMPLING_RANGES.items():
+            value = data.get(name)
+            if bounds.low_open and value is not None and value not in bounds:
+                self.add_error(name, f"Ensure this value is greater than {bounds.low}.")
         task = data.get("task")
         if not task:
             return data
         defaults = prompts.TASK_DEFAULTS[task]
-        for name in SAMPLING_FIELDS:
+        for name in Job.SAMPLING_FIELDS:
             if name != "seed" and data.get(name) is None and name not in self.errors:
                 data[name] = getattr(defaults, name)
         data["language"] = data.get("language") or prompts.DEFAULT_LANGUAGE
@@ -85,31 +84,26 @@ class JobForm(forms.Form):
     def _check_context_window(self, data: dict[str, Any]) -> None:
         """Prompt tokens + max_tokens must fit the checkpoint's context, counted with its real tokenizer."""
         checkpoint: Checkpoint = data["checkpoint"]
+        context = data.get("context", "") if data["task"] == Job.Task.QA else ""
         try:
-            info = pool.checkpoint_info(checkpoint)
+            fit = limits.fit_context(checkpoint=checkpoint, task=data["task"], prompt=data["prompt"],
+                                     context=context, options=self._options_of(data), max_tokens=data["max_tokens"])
+        except limits.ContextTooLong as exc:
+            self.prompt_tokens = exc.prompt_tokens
+            if exc.prompt_too_long:
+                self.add_error("context" if context else "prompt",
+                               f"The prompt is {exc.prompt_tokens} tokens, too long for the {exc.window}-token "
+                               f"context window of {checkpoint.name}. Shorten it.")
+            else:
+                self.add_error("max_tokens",
+                               f"The prompt is {exc.prompt_tokens} tokens, so at most {exc.room} new tokens fit in "
+                               f"the {exc.window}-token context window of {checkpoint.name}; lower max tokens or "
+                               "shorten the prompt.")
+            return
         except Exception as exc:  # a missing or unreadable file: the user can pick another checkpoint
             self.add_error("checkpoint", f"Checkpoint {checkpoint.name} cannot be read right now ({exc}).")
             return
-        window = pool.context_window(checkpoint)
-        context = data.get("context", "") if data["task"] == Job.Task.QA else ""
-        ids = prompts.prompt_token_ids(
-            info=info, task=data["task"], prompt=data["prompt"], context=context, options=self._options_of(data)
-        )
-        n, max_tokens = len(ids), data["max_tokens"]
-        self.prompt_tokens = n
-        if n + 1 > window:
-            field = "context" if context and data["task"] == Job.Task.QA else "prompt"
-            self.add_error(
-                field,
-                f"The prompt is {n} tokens, too long for the {window}-token context window of {checkpoint.name}. "
-                "Shorten it.",
-            )
-        elif n + max_tokens > window:
-            self.add_error(
-                "max_tokens",
-                f"The prompt is {n} tokens, so at most {window - n} new tokens fit in the {window}-token context "
-                f"window of {checkpoint.name}; lower max tokens or shorten the prompt.",
-            )
+        self.prompt_tokens = len(fit.prompt_ids)
 
     @staticmethod
     def _options_of(data: dict[str, Any]) -> dict[str, str]:
@@ -128,6 +122,6 @@ class JobForm(forms.Form):
             "context": data["context"] if data["task"] == Job.Task.QA else "",
             "options": self._options_of(data),
             "checkpoint": data["checkpoint"],
-            **{name: data[name] for name in SAMPLING_FIELDS},
+            **{name: data[name] for name in Job.SAMPLING_FIELDS},
             "prompt_tokens": self.prompt_tokens,
         }

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis
 from django.conf import settings
 from django.db import connection
+
+from generation.fleet.overview import workers_overview
+from llmsite import redis_client
 
 
 def check_database() -> dict[str, Any]:
@@ -20,13 +22,8 @@ def check_database() -> dict[str, Any]:
 
 
 def check_redis() -> dict[str, Any]:
-    timeout = settings.HEALTHZ_TIMEOUT_S
     try:
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=timeout, socket_timeout=timeout)
-        try:
-            client.ping()
-        finally:
-            client.close()
+        redis_client.ping(timeout_s=settings.HEALTHZ_TIMEOUT_S)
     except Exception as exc:
         return {"ok": False, "error": str(exc)}
     return {"ok": True}
@@ -50,8 +47,6 @@ def check_workers() -> dict[str, Any]:
 
 def workers_and_queues() -> tuple[list[dict[str, Any]], dict[str, int]]:
     """What the live workers published with their heartbeats, and the queue depths; empty when unreadable."""
-    from generation.selectors import workers_overview
-
     try:
         overview = workers_overview()
     except Exception:

@@ -2,22 +2,21 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import models
 from django.urls import reverse
 
+from modelzoo.models import WEB_TASKS, Task
+
+if TYPE_CHECKING:
+    from modelzoo.engine.sampling import SamplingParams
+
 
 class Job(models.Model):
-    class Task(models.TextChoices):
-        CODE = "code", "Code generation"
-        QA = "qa", "Question answering"
-        SUMMARIZE = "summarize", "Summarization"
-        CHAT = "chat", "Chat (API)"
-        COMPLETION = "completion", "Completion (API)"
-
-    #: The tasks of the new-job form; chat and completion come through the /v1 API.
-    WEB_TASKS = (Task.CODE, Task.QA, Task.SUMMARIZE)
+    Task = Task
+    WEB_TASKS = WEB_TASKS
 
     class Source(models.TextChoices):
         WEB = "web", "Web"
@@ -31,6 +30,11 @@ class Job(models.Model):
         CANCELLED = "cancelled", "Cancelled"
 
     FINISHED_STATUSES = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+    #: The sampling settings of a job (their bounds: generation.limits).
+    SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "max_tokens", "seed", "repetition_penalty")
+    #: What the user asked for: a replay copies exactly these.
+    INPUT_FIELDS = ("task", "prompt", "context", "options", "checkpoint", *SAMPLING_FIELDS, "prompt_tokens", "source")
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
     task = models.CharField(max_length=20, choices=Task.choices)
@@ -103,6 +107,20 @@ class Job(models.Model):
             return None
         return (self.completion_tokens - 1) / self.decode_s
 
+    def sampling(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.SAMPLING_FIELDS}
+
+    def inputs(self) -> dict[str, Any]:
+        """The keyword arguments of services.job_create that repeat this job."""
+        return {name: getattr(self, name) for name in self.INPUT_FIELDS}
+
+    def sampling_params(self) -> SamplingParams:
+        """The engine's sampling parameters for this job (stop strings come from its options)."""
+        from modelzoo.engine.sampling import SamplingParams  # torch loads only where jobs run
+
+        return SamplingParams(**self.sampling(),
+                              stop=tuple(self.options.get("stop") or ()))
+
     def language(self) -> str:
         return str(self.options.get("language", "")) if self.task == self.Task.CODE else ""
 
@@ -125,14 +143,7 @@ class Job(models.Model):
             "context": self.context,
             "options": self.options,
             "checkpoint": self.checkpoint.name,
-            "params": {
-                "temperature": self.temperature,
-                "top_p": self.top_p,
-                "top_k": self.top_k,
-                "max_tokens": self.max_tokens,
-                "seed": self.seed,
-                "repetition_penalty": self.repetition_penalty,
-            },
+            "params": self.sampling(),
             "output": self.output,
             "error": self.error,
             "finish_reason": self.finish_reason,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-CODE, QA, SUMMARIZE, CHAT, COMPLETION = "code", "qa", "summarize", "chat", "completion"
+from modelzoo.models import Task
 
 LANGUAGES: dict[str, str] = {
     "python": "Python",
@@ -46,10 +46,10 @@ class SamplingDefaults:
 #: Per-task defaults: code and QA stay near-greedy (exactness matters); summaries get a little freedom and a
 #: repetition penalty, which small models need to avoid looping over the source text.
 TASK_DEFAULTS: dict[str, SamplingDefaults] = {
-    CODE: SamplingDefaults(temperature=0.2, top_p=0.95, top_k=40, max_tokens=512, repetition_penalty=1.0),
-    QA: SamplingDefaults(temperature=0.0, top_p=1.0, top_k=0, max_tokens=256, repetition_penalty=1.05),
-    SUMMARIZE: SamplingDefaults(temperature=0.3, top_p=0.9, top_k=40, max_tokens=256, repetition_penalty=1.1),
-    CHAT: SamplingDefaults(temperature=0.0, top_p=1.0, top_k=0, max_tokens=256, repetition_penalty=1.0),
+    Task.CODE: SamplingDefaults(temperature=0.2, top_p=0.95, top_k=40, max_tokens=512, repetition_penalty=1.0),
+    Task.QA: SamplingDefaults(temperature=0.0, top_p=1.0, top_k=0, max_tokens=256, repetition_penalty=1.05),
+    Task.SUMMARIZE: SamplingDefaults(temperature=0.3, top_p=0.9, top_k=40, max_tokens=256, repetition_penalty=1.1),
+    Task.CHAT: SamplingDefaults(temperature=0.0, top_p=1.0, top_k=0, max_tokens=256, repetition_penalty=1.0),
 }
 
 Message = dict[str, str]
@@ -100,13 +100,13 @@ def chat_messages(*, prompt: str) -> list[Message]:
 
 def build_messages(*, task: str, prompt: str, context: str = "", options: dict | None = None) -> list[Message]:
     options = options or {}
-    if task == CODE:
+    if task == Task.CODE:
         return code_messages(prompt=prompt, language=options.get("language") or DEFAULT_LANGUAGE)
-    if task == QA:
+    if task == Task.QA:
         return qa_messages(prompt=prompt, context=context)
-    if task == SUMMARIZE:
+    if task == Task.SUMMARIZE:
         return summarize_messages(prompt=prompt, length=options.get("length") or DEFAULT_LENGTH)
-    if task == CHAT:
+    if task == Task.CHAT:
         if options.get("messages"):  # an API chat request: the caller's own conversation, as sent
             return [{"role": m["role"], "content": m["content"]} for m in options["messages"]]
         return chat_messages(prompt=prompt)
@@ -132,7 +132,7 @@ def prompt_token_ids(
     """The job's model input as token ids, with the checkpoint's own tokenizer and chat template.
 
     A completion (the /v1/completions API) is the caller's raw text, without any template."""
-    if task == COMPLETION:
+    if task == Task.COMPLETION:
         return info.tokenizer.encode(prompt)
     text = render_prompt(chat_template=info.chat_template, task=task, prompt=prompt, context=context, options=options)
     return info.tokenizer.encode(text)

@@ -3,10 +3,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import Q, QuerySet
-from django.shortcuts import get_object_or_404
+from datetime import timedelta
 
-from generation.models import Job
+from django.db.models import Count, Q, QuerySet
+from django.shortcuts import get_object_or_404
+from django.utils import timezone
+
+from generation.models import ApiKey, Job
 
 
 def job_list_for_user(*, user: Any, task: str = "", status: str = "", q: str = "") -> QuerySet[Job]:
@@ -33,37 +36,16 @@ def job_queue_position(*, job: Job) -> int | None:
     return Job.objects.filter(status=Job.Status.QUEUED, pk__lt=job.pk).count() + 1
 
 
-def workers_overview() -> dict[str, Any]:
-    """The live workers (resident checkpoints with their names, memory used and budget, running jobs, loads)
-    and the messages waiting per queue, for /healthz and the admin. Raises when Redis cannot be read."""
-    import time
-
-    from generation import broker_queues, worker_registry
-    from modelzoo.models import Checkpoint
-
-    statuses = worker_registry.live_statuses()
-    ids = {pk for status in statuses for pk in [*status.get("resident", []), *status.get("loading", [])]}
-    names = dict(Checkpoint.objects.filter(pk__in=ids).values_list("pk", "name"))
-    now = time.time()
-
-    def named(pks: list[int]) -> list[dict[str, Any]]:
-        return [{"id": pk, "name": names.get(pk, "")} for pk in pks]
-
-    workers = [{
-        "name": status["name"],
-        "resident": named(status.get("resident", [])),
-        "loading": named(status.get("loading", [])),
-        "memory_used_bytes": status.get("memory_used_bytes", 0),
-        "memory_budget_bytes": status.get("memory_budget_bytes", 0),
-        "running_jobs": status.get("running_jobs", 0),
-        "loads": status.get("loads", 0),
-        "evictions": status.get("evictions", 0),
-        "heartbeat_age_s": round(max(0.0, now - status.get("heartbeat_at", now)), 1),
-    } for status in statuses]
-    return {"workers": workers, "queues": broker_queues.depths()}
+#: Jobs created this recently count as demand for their checkpoint, beside the queued ones.
+RECENT_DEMAND = timedelta(minutes=10)
 
 
-def api_keys_for_user(*, user: Any) -> QuerySet:
-    from generation.models import ApiKey
+def checkpoint_demand() -> dict[int, int]:
+    """Queued jobs plus jobs asked for within RECENT_DEMAND, per checkpoint id (the pool's eviction order)."""
+    wanted = Q(status=Job.Status.QUEUED) | Q(created_at__gte=timezone.now() - RECENT_DEMAND)
+    rows = Job.objects.filter(wanted).values("checkpoint_id").annotate(n=Count("id"))
+    return {row["checkpoint_id"]: row["n"] for row in rows}
 
+
+def api_keys_for_user(*, user: Any) -> QuerySet[ApiKey]:
     return ApiKey.objects.filter(owner=user).order_by("-created_at", "-id")

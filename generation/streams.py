@@ -18,7 +18,14 @@ from typing import Any, AsyncIterator
 import redis
 from django.conf import settings
 
+from llmsite import redis_client
+
 logger = logging.getLogger(__name__)
+
+
+#: A finished job whose stream has no end entry this long after finishing gets its end from the database
+#: (its stream expired, or it ended without a worker): the job page and the API both wait this long.
+STREAM_END_GRACE_S = 3.0
 
 
 def tokens_key(job_id: int) -> str:
@@ -29,26 +36,13 @@ def cancel_channel(job_id: int) -> str:
     return f"job:{job_id}:cancel"
 
 
-_client: redis.Redis | None = None
-
-
-def client() -> redis.Redis:
-    """A process-wide sync client (thread-safe connection pool)."""
-    global _client
-    if _client is None:
-        _client = redis.Redis.from_url(
-            settings.REDIS_URL, socket_connect_timeout=settings.BROKER_CONNECT_TIMEOUT_S, socket_timeout=10
-        )
-    return _client
-
-
 # --- worker side ---------------------------------------------------------------------------------------------
 
 
 def stream_start(*, job_id: int, attempt: int) -> None:
     """A fresh stream for this attempt (a re-claimed job starts over, and so do its readers)."""
     try:
-        pipe = client().pipeline()
+        pipe = redis_client.client().pipeline()
         pipe.delete(tokens_key(job_id))
         pipe.xadd(tokens_key(job_id), {"start": attempt})
         pipe.expire(tokens_key(job_id), settings.JOB_TIME_LIMIT_S + settings.STREAM_TTL_S)
@@ -60,14 +54,14 @@ def stream_start(*, job_id: int, attempt: int) -> None:
 def stream_append(*, job_id: int, text: str) -> None:
     """Called from the engine's thread per token: one XADD, never raises (the DB keeps the real output)."""
     try:
-        client().xadd(tokens_key(job_id), {"t": text})
+        redis_client.client().xadd(tokens_key(job_id), {"t": text})
     except redis.RedisError as exc:
         logger.warning("Job %s: token not streamed: %s", job_id, exc)
 
 
 def stream_end(*, job_id: int, status: str) -> None:
     try:
-        pipe = client().pipeline()
+        pipe = redis_client.client().pipeline()
         pipe.xadd(tokens_key(job_id), {"end": status})
         pipe.expire(tokens_key(job_id), settings.STREAM_TTL_S)
         pipe.execute()
@@ -77,7 +71,7 @@ def stream_end(*, job_id: int, status: str) -> None:
 
 def cancel_publish(*, job_id: int) -> None:
     try:
-        client().publish(cancel_channel(job_id), "cancel")
+        redis_client.client().publish(cancel_channel(job_id), "cancel")
     except redis.RedisError as exc:
         logger.warning("Job %s: cancel not published (the worker notices within a second): %s", job_id, exc)
 
@@ -96,9 +90,7 @@ async def read_events(
     """Yield (job_id, entry_id, kind, value) for every entry of the jobs' streams from `last_id` on, following
     them until each has its end entry. kind is "start" | "t" | "end" | "idle" (a BLOCK timeout, value None,
     job_id -1), so the caller can look at the database now and then."""
-    import redis.asyncio as aredis
-
-    conn = aredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=settings.BROKER_CONNECT_TIMEOUT_S)
+    conn = redis_client.async_client()
     positions = {tokens_key(job_id): last_id for job_id in job_ids}
     by_key = {tokens_key(job_id): job_id for job_id in job_ids}
     try:

@@ -1,14 +1,12 @@
-"""Celery tasks: thin wrappers over services. Arguments are ids, never ORM objects.
+"""Celery tasks: thin wrappers. Arguments are ids, never ORM objects.
 
-Also the worker-side wiring of the model pool: the default checkpoint is preloaded in the background when a
-worker starts (WORKER_PRELOAD_DEFAULT), a heartbeat thread keeps the worker's entry in the registry (what it
-holds, memory, running jobs; see generation.worker_placement), and resident engines are closed when it shuts
-down.
+run_job asks the fleet where a job runs, then runs it (runner) or publishes it there. The worker signals wire
+this process into the fleet: at start the pool learns where demand comes from and the fleet registers the
+worker (heartbeat, preload); at shutdown the fleet's threads are joined and the resident engines closed.
 """
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any
 
 from celery import shared_task
@@ -21,13 +19,25 @@ logger = logging.getLogger(__name__)
 def run_job(self, job_id: int, redelivered: bool = False, hops: int = 0) -> None:
     """Run one job here, or pass it to the worker that holds (or should load) its checkpoint.
 
-    Safe to deliver twice: services.job_claim lets only one delivery do the work, and a message the broker
+    Safe to deliver twice: runner.job_claim lets only one delivery do the work, and a message the broker
     redelivers after its worker died (acks_late) re-claims the job up to JOB_MAX_ATTEMPTS. `redelivered`
     carries that over when a redelivered message is passed on; `hops` counts the passes."""
-    from generation.worker_placement import run_or_forward
+    from generation import runner
+    from generation.fleet import worker
 
-    delivery_info = self.request.delivery_info or {}
-    run_or_forward(job_id=job_id, redelivered=redelivered or bool(delivery_info.get("redelivered")), hops=hops)
+    redelivered = redelivered or bool((self.request.delivery_info or {}).get("redelivered"))
+    checkpoint = runner.job_checkpoint_to_run(job_id=job_id, redelivered=redelivered)
+    if checkpoint is not None:
+        target = worker.destination(checkpoint=checkpoint, hops=hops)
+        if target is not None:
+            try:
+                send_run_job(job_id, queue=target, redelivered=redelivered, hops=hops + 1)
+                return
+            except Exception as exc:
+                logger.warning("Job %s: could not forward to %s (%s); running it here", job_id, target, exc)
+                worker.forward_failed(checkpoint=checkpoint)
+    with worker.running(checkpoint_id=checkpoint.pk if checkpoint is not None else 0):
+        runner.job_run(job_id=job_id, redelivered=redelivered)
 
 
 def send_run_job(job_id: int, *, queue: Any, **kwargs: Any) -> None:
@@ -39,67 +49,22 @@ def send_run_job(job_id: int, *, queue: Any, **kwargs: Any) -> None:
         run_job.apply_async(args=[job_id], kwargs=kwargs or None, queue=queue, connection=connection)
 
 
-def preload_default_checkpoint() -> None:
-    """Load the default checkpoint into this process's pool (the first job then finds it resident)."""
-    from django.db import close_old_connections
-
-    from modelzoo import pool
-    from modelzoo.models import Checkpoint
-
-    try:
-        checkpoint = Checkpoint.default()
-        if checkpoint is not None:
-            pool.engine_for(checkpoint)
-            logger.info("Checkpoint %s is resident", checkpoint.name)
-    except Exception:
-        logger.exception("Preloading the default checkpoint failed; jobs will load it on demand")
-    finally:
-        close_old_connections()
-
-
-_heartbeat_stop = threading.Event()
-
-
-def heartbeat() -> None:
-    """Tell the web side this worker is alive and what it holds (the /v1 API answers 503 when no worker is
-    alive; jobs are routed by what workers hold), and sweep stranded queues, until shutdown."""
-    from django.db import close_old_connections
-
-    from generation import worker_placement
-
-    while not _heartbeat_stop.is_set():
-        try:
-            worker_placement.heartbeat_once()
-        except Exception as exc:
-            logger.warning("Heartbeat not sent: %s", exc)
-        finally:
-            close_old_connections()
-        _heartbeat_stop.wait(worker_placement.heartbeat_interval_s())
-
-
 @worker_ready.connect
-def _preload_on_worker_ready(sender: Any = None, **kwargs: Any) -> None:
+def _join_the_fleet(sender: Any = None, **kwargs: Any) -> None:
     from django.conf import settings
 
-    from generation import worker_placement
+    from generation import selectors
+    from generation.fleet import worker
+    from modelzoo import pool
 
-    try:
-        worker_placement.start(name=getattr(sender, "hostname", None) or "worker")
-    except Exception as exc:
-        logger.warning("Worker not registered yet (%s); the heartbeat will", exc)
-    threading.Thread(target=heartbeat, name="heartbeat", daemon=True).start()
-    if settings.WORKER_PRELOAD_DEFAULT:
-        threading.Thread(target=preload_default_checkpoint, name="preload-default", daemon=True).start()
+    pool.set_demand_source(selectors.checkpoint_demand)
+    worker.start(name=getattr(sender, "hostname", None) or "worker", preload_default=settings.WORKER_PRELOAD_DEFAULT)
 
 
 @worker_shutdown.connect
-def _close_engines_on_shutdown(sender: Any = None, **kwargs: Any) -> None:
-    from generation import worker_placement
+def _leave_the_fleet(sender: Any = None, **kwargs: Any) -> None:
+    from generation.fleet import worker
     from modelzoo import pool
 
-    _heartbeat_stop.set()
-    try:
-        worker_placement.stop()
-    except Exception:
-        logger.warning("Could not unregister this worker's heartbeat")
+    worker.stop()
     pool.clear()

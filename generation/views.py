@@ -101,8 +101,6 @@ def _job_state(job: Job) -> dict:
 
 
 _EVENT_ID = re.compile(r"^\d+-\d+$")
-#: A finished job whose stream has no end entry this long after finishing gets its end from the database.
-STREAM_END_GRACE_S = 3.0
 
 
 @never_cache
@@ -146,7 +144,7 @@ async def _job_events(*, job_id: int, last_id: str) -> AsyncIterator[bytes]:
                 return
             if state["queue_position"] is not None:
                 yield streams.sse(event="queued", data={"position": state["queue_position"]})
-            elif state["is_finished"] and _finished_for(state) > STREAM_END_GRACE_S:
+            elif state["is_finished"] and _finished_for(state) > streams.STREAM_END_GRACE_S:
                 # No end entry is coming (its stream expired, or the job ended without a worker).
                 yield streams.sse(event="end", data=state)
                 return

@@ -6,8 +6,9 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from modelzoo import services, validation
-from modelzoo.models import Checkpoint, TaskDefault
+from modelzoo import services
+from modelzoo.models import WEB_TASKS, Checkpoint, Task
+from modelzoo.pickles import pickle_refusal
 
 
 class CheckpointUploadForm(forms.ModelForm):
@@ -28,17 +29,16 @@ class CheckpointUploadForm(forms.ModelForm):
 
     def clean_upload(self):
         upload = self.cleaned_data["upload"]
-        suffix = "." + upload.name.rsplit(".", 1)[-1].lower() if "." in upload.name else ""
-        if suffix in validation.PICKLE_SUFFIXES:
-            raise forms.ValidationError(f"{suffix} files are pickles, which can run code when loaded; upload GGUF or safetensors")
-        if self.data.get("base") and suffix != ".zip":
+        if refusal := pickle_refusal(upload.name):
+            raise forms.ValidationError(refusal)
+        if self.data.get("base") and not upload.name.lower().endswith(".zip"):
             raise forms.ValidationError("A LoRA adapter is uploaded as a .zip of its PEFT folder.")
         if upload.size > settings.CHECKPOINT_MAX_UPLOAD_BYTES:
             raise forms.ValidationError(f"The file is larger than {settings.CHECKPOINT_MAX_UPLOAD_BYTES} bytes.")
         return upload
 
 
-def _make_default_for(task: TaskDefault.Task):
+def _make_default_for(task: Task):
     """The admin action "Make the default for <task>", named make_default_for_<task>."""
 
     @admin.action(description=f"Make the default for {task.label.lower()}")
@@ -55,18 +55,7 @@ class CheckpointAdmin(admin.ModelAdmin):
                     "parameter_count", "uploaded_by", "created")
     list_filter = ("status", "format", "is_default")
     search_fields = ("name", "notes", "sha256")
-    actions = ["make_default", *(_make_default_for(task) for task in TaskDefault.Task), "retire"]
-
-    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None):
-        """The checkpoint list, followed by the live workers (what each holds, memory) and the queue depths."""
-        from generation.selectors import workers_overview
-
-        context = dict(extra_context or {})
-        try:
-            context.update(workers_overview())
-        except Exception as error:  # Redis down: the checkpoint list still works
-            context["workers_error"] = str(error) or type(error).__name__
-        return super().changelist_view(request, extra_context=context)
+    actions = ["make_default", *(_make_default_for(task) for task in WEB_TASKS), "retire"]
 
     def get_form(self, request, obj=None, **kwargs):
         if obj is None:

@@ -12,7 +12,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from modelzoo.validation import PICKLE_SUFFIXES
+from modelzoo.pickles import pickle_refusal
 
 CHECKPOINT_FILES = frozenset({
     "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -39,8 +39,8 @@ def _member_path(info: zipfile.ZipInfo) -> PurePosixPath:
         raise ArchiveError(f"{info.filename!r} points outside the checkpoint folder")
     if stat.S_ISLNK(info.external_attr >> 16):
         raise ArchiveError(f"{info.filename!r} is a link")
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise ArchiveError(f"{info.filename!r} is a pickle, which can run code when loaded")
+    if refusal := pickle_refusal(info.filename):
+        raise ArchiveError(refusal)
     return path
 
 

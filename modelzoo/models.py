@@ -10,6 +10,21 @@ from django.db import models
 BUNDLED_SMOLLM2 = "bundled:smollm2"
 
 
+class Task(models.TextChoices):
+    """The kinds of job, one enum for the whole site. It lives here, in the lowest app, because checkpoints
+    are made the default per task; jobs, prompts, forms, the API and the commands import it."""
+
+    CODE = "code", "Code generation"
+    QA = "qa", "Question answering"
+    SUMMARIZE = "summarize", "Summarization"
+    CHAT = "chat", "Chat (API)"
+    COMPLETION = "completion", "Completion (API)"
+
+
+#: The tasks of the new-job form and of the per-task default checkpoints; chat and completion come by the API.
+WEB_TASKS = (Task.CODE, Task.QA, Task.SUMMARIZE)
+
+
 class CheckpointQuerySet(models.QuerySet):
     def ready(self) -> CheckpointQuerySet:
         return self.filter(status=Checkpoint.Status.READY)
@@ -92,12 +107,7 @@ class Checkpoint(models.Model):
 class TaskDefault(models.Model):
     """The checkpoint a task's jobs run on when the user picks none (an admin sets it per task)."""
 
-    class Task(models.TextChoices):
-        CODE = "code", "Code generation"
-        QA = "qa", "Question answering"
-        SUMMARIZE = "summarize", "Summarization"
-
-    task = models.CharField(max_length=20, choices=Task.choices, unique=True)
+    task = models.CharField(max_length=20, choices=[(task.value, task.label) for task in WEB_TASKS], unique=True)
     checkpoint = models.ForeignKey(Checkpoint, on_delete=models.CASCADE, related_name="task_defaults")
 
     def __str__(self) -> str:

@@ -8,8 +8,8 @@ which is what the web process needs to count prompt tokens; it never loads weigh
 Both caches are keyed by (checkpoint id, path), so an admin who points a row at a new file gets a fresh load.
 
 Resident engines share the worker's memory budget (WORKER_MEMORY_BUDGET_BYTES; by default 90% of the GPU,
-or 8 GiB on the CPU). Loading one that does not fit evicts others by demand (jobs queued for them or asked for
-recently), then recency, and never one with a running job (see `serving` and modelzoo.residency).
+or 8 GiB on the CPU). Loading one that does not fit evicts others by demand (set_demand_source: jobs queued for them or
+asked for recently), then recency, and never one with a running job (see `serving` and modelzoo.residency).
 """
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from django.conf import settings
@@ -45,8 +44,7 @@ _load_lock = threading.Lock()  # one load (and its evictions) at a time, so the 
 #: uses it to consume (or stop consuming) the checkpoint's queue. See add_listener.
 _listeners: list[Callable[[str, int], None]] = []
 
-#: Jobs created this recently count as demand for their checkpoint, beside the queued ones.
-RECENT_DEMAND = timedelta(minutes=10)
+_demand_source: Callable[[], dict[int, int]] | None = None  # see set_demand_source
 
 
 def _key(checkpoint: Checkpoint) -> _CacheKey:
@@ -188,16 +186,16 @@ def _device_type() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def set_demand_source(source: Callable[[], dict[int, int]] | None) -> None:
+    """Where eviction reads demand: a callable giving {checkpoint id: jobs waiting for it or asked for lately}.
+    The worker sets it at start (the jobs layer knows jobs; this module does not); without one, eviction goes
+    by recency alone."""
+    global _demand_source
+    _demand_source = source
+
+
 def demand_by_checkpoint() -> dict[int, int]:
-    """Queued jobs plus jobs asked for within RECENT_DEMAND, per checkpoint id."""
-    from django.db.models import Count, Q
-    from django.utils import timezone
-
-    from generation.models import Job
-
-    wanted = Q(status=Job.Status.QUEUED) | Q(created_at__gte=timezone.now() - RECENT_DEMAND)
-    rows = Job.objects.filter(wanted).values("checkpoint_id").annotate(n=Count("id"))
-    return {row["checkpoint_id"]: row["n"] for row in rows}
+    return _demand_source() if _demand_source is not None else {}
 
 
 def checkpoint_info(checkpoint: Checkpoint) -> CheckpointInfo:

@@ -13,7 +13,8 @@ from django.db import transaction
 
 from modelzoo import validation
 from modelzoo.archive import ArchiveError, ArchiveLimits, extract_checkpoint_zip
-from modelzoo.models import Checkpoint, TaskDefault
+from modelzoo.models import WEB_TASKS, Checkpoint, TaskDefault
+from modelzoo.pickles import pickle_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +40,8 @@ def checkpoint_store(
     Pickle formats are refused before a byte is written; so is anything over CHECKPOINT_MAX_UPLOAD_BYTES.
     With `base`, the upload is a LoRA adapter (.zip in the PEFT layout) for that checkpoint.
     """
-    suffix = Path(file_name).suffix.lower()
-    if suffix in validation.PICKLE_SUFFIXES:
-        raise UploadError(f"{suffix} files are pickles, which can run code when loaded; upload GGUF or safetensors")
+    if refusal := pickle_refusal(file_name):
+        raise UploadError(refusal)
     with transaction.atomic():
         checkpoint = Checkpoint.objects.create(
             name=name, format=Checkpoint.Format.LORA if base else Checkpoint.Format.GGUF, path="",
@@ -144,7 +144,7 @@ def checkpoint_make_default(*, checkpoint: Checkpoint, task: str | None = None) 
     if not checkpoint.is_ready:
         raise ValueError(f"{checkpoint.name} is {checkpoint.status}, not ready")
     if task is not None:
-        if task not in TaskDefault.Task.values:
+        if task not in WEB_TASKS:
             raise ValueError(f"unknown task {task!r}")
         TaskDefault.objects.update_or_create(task=task, defaults={"checkpoint": checkpoint})
         return

@@ -33,19 +33,21 @@ def test_it_keeps_the_admin_from_users_who_are_not_staff(owner_client):
 
 
 @pytest.mark.django_db
-def test_it_shows_the_live_workers_and_queue_depths_under_the_checkpoints(staff_client, checkpoint):
-    from generation import streams, worker_registry
+def test_it_shows_the_live_workers_and_queue_depths(staff_client, checkpoint):
+    from generation.fleet import registry
+    from llmsite import redis_client
 
-    streams.client().flushdb()
-    worker_registry.publish(name="w1@host", holds={checkpoint.pk: 2048}, status={
+    redis_client.client().flushdb()
+    registry.publish(name="w1@host", holds={checkpoint.pk: 2048}, status={
         "resident": [checkpoint.pk], "loading": [], "memory_used_bytes": 2048, "memory_budget_bytes": 8192,
         "running_jobs": 3, "loads": 5, "evictions": 1, "heartbeat_at": 0,
     })
-    streams.client().lpush(f"checkpoint.{checkpoint.pk}", "m")
+    redis_client.client().lpush(f"checkpoint.{checkpoint.pk}", "m")
     try:
-        content = staff_client.get("/admin/modelzoo/checkpoint/").content.decode()
+        assert "/admin/workers/" in staff_client.get("/admin/modelzoo/checkpoint/").content.decode()
+        content = staff_client.get("/admin/workers/").content.decode()
     finally:
-        streams.client().flushdb()
+        redis_client.client().flushdb()
     workers = content[content.index('id="workers"'):]
     assert "w1@host" in workers and checkpoint.name in workers
     assert "2.0\xa0KB / 8.0\xa0KB" in workers
@@ -53,14 +55,21 @@ def test_it_shows_the_live_workers_and_queue_depths_under_the_checkpoints(staff_
 
 
 @pytest.mark.django_db
-def test_it_still_lists_checkpoints_when_the_worker_status_cannot_be_read(staff_client, checkpoint, monkeypatch):
-    from generation import selectors
+def test_it_says_when_the_worker_status_cannot_be_read(staff_client, checkpoint, monkeypatch):
+    from generation.fleet import views
 
     def unreadable():
         raise ConnectionError("redis is down")
 
-    monkeypatch.setattr(selectors, "workers_overview", unreadable)
-    response = staff_client.get("/admin/modelzoo/checkpoint/")
+    monkeypatch.setattr(views, "workers_overview", unreadable)
+    response = staff_client.get("/admin/workers/")
     assert response.status_code == 200
-    content = response.content.decode()
-    assert checkpoint.name in content and "Worker status unavailable: redis is down" in content
+    assert "Worker status unavailable: redis is down" in response.content.decode()
+    assert staff_client.get("/admin/modelzoo/checkpoint/").status_code == 200
+
+
+@pytest.mark.django_db
+def test_it_keeps_the_workers_page_from_users_who_are_not_staff(owner_client):
+    response = owner_client.get("/admin/workers/")
+    assert response.status_code == 302
+    assert response.url.startswith("/admin/login/")

@@ -47,7 +47,8 @@ def test_it_sends_a_stranger_to_sign_in_from_every_private_url(make_job):
                 assert response.json()["error"]["code"] == "invalid_api_key"
                 continue
             assert response.status_code == 302, (name, method)
-            assert response["Location"].startswith("/accounts/login/?next="), (name, method)
+            login = "/admin/login/?next=" if url.startswith("/admin/") else "/accounts/login/?next="
+            assert response["Location"].startswith(login), (name, method)
     job.refresh_from_db()
     assert job.status == Job.Status.QUEUED
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from generation import streams, worker_registry
+from generation.fleet import registry
+from llmsite import redis_client
 from llmsite.celery import app as celery_app
 from llmsite.localredis import free_port
 
@@ -12,9 +13,9 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture(autouse=True)
 def empty_redis():
-    streams.client().flushdb()
+    redis_client.client().flushdb()
     yield
-    streams.client().flushdb()
+    redis_client.client().flushdb()
 
 
 class FakeInspect:
@@ -43,14 +44,14 @@ def test_it_is_ok_when_everything_answers(client, monkeypatch):
 def test_it_shows_what_each_live_worker_holds_and_the_queue_depths(client, monkeypatch, checkpoint):
     monkeypatch.setattr(celery_app.control, "inspect",
                         lambda **kwargs: FakeInspect({"worker1@host": {"ok": "pong"}}))
-    worker_registry.publish(name="worker1@host", holds={checkpoint.pk: 1000}, status={
+    registry.publish(name="worker1@host", holds={checkpoint.pk: 1000}, status={
         "resident": [checkpoint.pk], "loading": [], "memory_used_bytes": 1000, "memory_budget_bytes": 4000,
         "running_jobs": 2, "loads": 1, "evictions": 0, "heartbeat_at": 0,
     })
-    worker_registry.publish(name="gone@host", holds={}, status={"resident": []})
-    streams.client().zadd(worker_registry.WORKERS_KEY, {"gone@host": 1.0})  # its last heartbeat is long past
-    streams.client().lpush("celery", "m1", "m2")
-    streams.client().lpush(f"checkpoint.{checkpoint.pk}", "m3")
+    registry.publish(name="gone@host", holds={}, status={"resident": []})
+    redis_client.client().zadd(registry.WORKERS_KEY, {"gone@host": 1.0})  # its last heartbeat is long past
+    redis_client.client().lpush("celery", "m1", "m2")
+    redis_client.client().lpush(f"checkpoint.{checkpoint.pk}", "m3")
 
     body = client.get("/healthz").json()
 

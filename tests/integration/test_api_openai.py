@@ -7,7 +7,9 @@ import httpx
 import openai
 import pytest
 
-from generation import services, streams, worker_registry
+from generation import services
+from generation.fleet import registry
+from llmsite import redis_client
 from generation.models import Job
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -145,7 +147,7 @@ def test_it_answers_429_when_the_user_has_too_many_unfinished_jobs(client, model
 
 
 def test_it_answers_503_when_no_worker_is_alive(client, model_name):
-    streams.client().delete(worker_registry.WORKERS_KEY)
+    redis_client.client().delete(registry.WORKERS_KEY)
     with pytest.raises(openai.InternalServerError) as error:
         client.completions.create(model=model_name, prompt="hi", max_tokens=4)
     assert error.value.status_code == 503

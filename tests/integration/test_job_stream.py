@@ -10,6 +10,7 @@ import pytest
 from django.test import Client
 
 from generation import services, streams
+from llmsite import redis_client
 from generation.models import Job
 from tests.live_services import WorkerProcess, database_url
 
@@ -78,13 +79,13 @@ def test_it_stops_a_running_job_within_a_decode_step_keeping_its_text(warm_worke
     job = create_job(owner, checkpoint, max_tokens=64)
     key = streams.tokens_key(job.pk)
     deadline = time.monotonic() + 120
-    while sum(1 for _, f in streams.client().xrange(key) if b"t" in f) < 4:
+    while sum(1 for _, f in redis_client.client().xrange(key) if b"t" in f) < 4:
         assert time.monotonic() < deadline
         time.sleep(0.02)
     cancelled_ms = int(time.time() * 1000)
     assert services.job_cancel(job=job)
     job = wait_for_job(job.pk, until=lambda j: j.finish_reason == "cancelled")
-    entries = streams.client().xrange(key)
+    entries = redis_client.client().xrange(key)
     tokens = [(int(i.split(b"-")[0]), f[b"t"].decode()) for i, f in entries if b"t" in f]
     after = [t for ms, t in tokens if ms > cancelled_ms]
     assert len(after) <= 1, f"{len(after)} tokens after the cancel"
@@ -97,7 +98,7 @@ def test_it_stops_a_running_job_within_a_decode_step_keeping_its_text(warm_worke
 def test_it_never_runs_a_job_cancelled_while_queued(transactional_db, owner, checkpoint):
     from django.db import connection
 
-    streams.client().flushdb()
+    redis_client.client().flushdb()
     job = create_job(owner, checkpoint)  # queued: its message waits in Redis, no worker yet
     assert services.job_cancel(job=job)
     worker = WorkerProcess(database_url(connection.settings_dict), name="worker1")
@@ -112,4 +113,4 @@ def test_it_never_runs_a_job_cancelled_while_queued(transactional_db, owner, che
     job.refresh_from_db()
     assert (job.status, job.attempts, job.started_at, job.output) == ("cancelled", 0, None, "")
     assert f"Job {job.pk}: nothing to do" in worker.log()
-    assert streams.client().xrange(streams.tokens_key(job.pk))[-1][1] == {b"end": b"cancelled"}
+    assert redis_client.client().xrange(streams.tokens_key(job.pk))[-1][1] == {b"end": b"cancelled"}

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
-from generation import services, streams, worker_registry
+from generation import services
+from generation.fleet import queues, registry
+from llmsite import redis_client
 from generation.models import Job
 from modelzoo import pool
 from modelzoo.models import Checkpoint
@@ -58,13 +60,13 @@ def start_workers(tiny: dict[str, Checkpoint], *names: str) -> list[WorkerProces
     """Real workers whose memory budget fits two of the tiny checkpoints (not three), nothing preloaded."""
     need = pool.estimated_bytes(tiny["a"])  # the same settings as the workers': they inherit this environment
     env = {"WORKER_MEMORY_BUDGET_BYTES": str(2 * need + need // 2), "WORKER_PRELOAD_DEFAULT": "false"}
-    streams.client().flushdb()
+    redis_client.client().flushdb()
     workers = [WorkerProcess(database_url(connection.settings_dict), name=name, env=env) for name in names]
     try:
         for worker in workers:
             worker.start()
         deadline = time.monotonic() + 60
-        while len(worker_registry.live_names()) < len(workers):
+        while len(registry.live_names()) < len(workers):
             assert time.monotonic() < deadline, [worker.log()[-2000:] for worker in workers]
             time.sleep(0.2)
     except BaseException:
@@ -107,7 +109,7 @@ def test_it_routes_jobs_to_resident_checkpoints_with_fewer_loads_than_recency_on
     before_second = {worker.name: len(worker.log()) for worker in two_workers}
 
     # The web side now sends each checkpoint's jobs to its queue, which its holder consumes.
-    assert {services.job_queue(checkpoint_id=tiny[label].pk) for label in "abc"} == {
+    assert {queues.queue_for_new_job(checkpoint_id=tiny[label].pk) for label in "abc"} == {
         f"checkpoint.{tiny[label].pk}" for label in "abc"}
     second = [submit(owner, tiny[label]) for label in SECOND_WAVE]
     for job in second:

@@ -122,7 +122,10 @@ def test_it_never_evicts_a_checkpoint_while_a_job_runs_on_it(settings, two_check
     assert ("close", first.pk) in events
 
 
-def test_it_keeps_the_checkpoint_jobs_wait_for(settings, two_checkpoints, make_job, owner):
+def test_it_keeps_the_checkpoint_jobs_wait_for(settings, two_checkpoints, make_job, owner, monkeypatch):
+    from generation.selectors import checkpoint_demand
+
+    monkeypatch.setattr(pool, "_demand_source", checkpoint_demand)  # as the worker sets it at start
     first, second, events = two_checkpoints
     third = Checkpoint.objects.create(name="third", format="gguf", path=first.path, status="ready")
     settings.WORKER_MEMORY_BUDGET_BYTES = int(pool.estimated_bytes(first) * 2.5)  # room for two

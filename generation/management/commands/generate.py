@@ -7,9 +7,9 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from generation import prompts
+from generation import limits, prompts
 from modelzoo import pool
-from modelzoo.models import Checkpoint
+from modelzoo.models import WEB_TASKS, Checkpoint, Task
 
 
 class Command(BaseCommand):
@@ -19,7 +19,7 @@ class Command(BaseCommand):
         parser.add_argument("prompt")
         parser.add_argument("--checkpoint", help="checkpoint name (default: the default checkpoint)")
         parser.add_argument(
-            "--task", default=prompts.CHAT, choices=[prompts.CODE, prompts.QA, prompts.SUMMARIZE, prompts.CHAT],
+            "--task", default=Task.CHAT, choices=[*WEB_TASKS, Task.CHAT],
             help="prompt builder; chat = the checkpoint's chat template with only the user message",
         )
         parser.add_argument("--temperature", type=float)
@@ -35,25 +35,24 @@ class Command(BaseCommand):
         defaults = prompts.TASK_DEFAULTS[task]
         temperature = defaults.temperature if options["temperature"] is None else options["temperature"]
         max_tokens = defaults.max_tokens if options["max_tokens"] is None else options["max_tokens"]
-        if temperature < 0:
-            raise CommandError("--temperature must be >= 0")
-        if max_tokens < 1:
-            raise CommandError("--max-tokens must be >= 1")
+        for name, value, bounds in (("--temperature", temperature, limits.TEMPERATURE),
+                                    ("--max-tokens", max_tokens, limits.MAX_TOKENS),
+                                    ("--seed", options["seed"], limits.SEED)):
+            if value is not None and value not in bounds:
+                raise CommandError(f"{name} must be in {bounds}, got {value}")
         params = SamplingParams(
             temperature=temperature,
-            top_k=defaults.top_k if task != prompts.CHAT else 0,
+            top_k=defaults.top_k if task != Task.CHAT else 0,
             top_p=defaults.top_p,
             repetition_penalty=defaults.repetition_penalty,
             seed=options["seed"],
             max_tokens=max_tokens,
         )
-        info = pool.checkpoint_info(checkpoint)
-        prompt_ids = prompts.prompt_token_ids(info=info, task=task, prompt=options["prompt"])
-        window = pool.context_window(checkpoint)
-        if len(prompt_ids) + max_tokens > window:
-            raise CommandError(
-                f"prompt ({len(prompt_ids)} tokens) + max tokens ({max_tokens}) exceed the {window}-token context"
-            )
+        try:
+            fit = limits.fit_context(checkpoint=checkpoint, task=task, prompt=options["prompt"], max_tokens=max_tokens)
+        except limits.ContextTooLong as exc:
+            raise CommandError(str(exc)) from None
+        prompt_ids = fit.prompt_ids
         load_started = time.monotonic()
         engine = pool.engine_for(checkpoint)
         load_s = time.monotonic() - load_started

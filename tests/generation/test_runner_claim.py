@@ -1,11 +1,11 @@
-"""services.job_claim / job_run: one delivery does the work; redeliveries after a lost worker are bounded."""
+"""runner.job_claim / job_run: one delivery does the work; redeliveries after a lost worker are bounded."""
 from __future__ import annotations
 
 import contextlib
 
 import pytest
 
-from generation import services
+from generation import runner
 from generation.models import Job
 from generation.tasks import run_job
 from tests.generation.fakes import FakeEngine, FakeInfo
@@ -23,7 +23,7 @@ def engine(monkeypatch) -> FakeEngine:
 
 def test_it_claims_a_queued_job(make_job):
     job = make_job()
-    claimed = services.job_claim(job_id=job.pk)
+    claimed = runner.job_claim(job_id=job.pk)
     assert claimed is not None
     job.refresh_from_db()
     assert job.status == Job.Status.RUNNING
@@ -33,17 +33,17 @@ def test_it_claims_a_queued_job(make_job):
 
 def test_it_does_nothing_on_a_second_claim(make_job):
     job = make_job()
-    services.job_claim(job_id=job.pk)
+    runner.job_claim(job_id=job.pk)
     job.refresh_from_db()
     started_at = job.started_at
-    assert services.job_claim(job_id=job.pk) is None
+    assert runner.job_claim(job_id=job.pk) is None
     job.refresh_from_db()
     assert (job.status, job.attempts, job.started_at) == (Job.Status.RUNNING, 1, started_at)
 
 
 def test_it_reclaims_a_redelivered_running_job(make_job):
     job = make_job(status=Job.Status.RUNNING, attempts=1, output="partial")
-    claimed = services.job_claim(job_id=job.pk, redelivered=True)
+    claimed = runner.job_claim(job_id=job.pk, redelivered=True)
     assert claimed is not None
     job.refresh_from_db()
     assert job.status == Job.Status.RUNNING
@@ -54,7 +54,7 @@ def test_it_reclaims_a_redelivered_running_job(make_job):
 def test_it_fails_a_redelivered_job_past_the_attempt_limit(make_job, settings):
     settings.JOB_MAX_ATTEMPTS = 3
     job = make_job(status=Job.Status.RUNNING, attempts=3)
-    assert services.job_claim(job_id=job.pk, redelivered=True) is None
+    assert runner.job_claim(job_id=job.pk, redelivered=True) is None
     job.refresh_from_db()
     assert job.status == Job.Status.FAILED
     assert job.error == "worker lost 3 times; giving up"
@@ -64,19 +64,19 @@ def test_it_fails_a_redelivered_job_past_the_attempt_limit(make_job, settings):
 @pytest.mark.parametrize("status", [Job.Status.SUCCEEDED, Job.Status.FAILED, Job.Status.CANCELLED])
 def test_it_ignores_redelivery_of_a_finished_job(make_job, status):
     job = make_job(status=status, attempts=1, output="done")
-    assert services.job_claim(job_id=job.pk, redelivered=True) is None
+    assert runner.job_claim(job_id=job.pk, redelivered=True) is None
     job.refresh_from_db()
     assert (job.status, job.attempts, job.output) == (status, 1, "done")
 
 
 def test_it_ignores_a_deleted_job(engine):
-    assert services.job_run(job_id=123456) is None
+    assert runner.job_run(job_id=123456) is None
     assert engine.calls == []
 
 
 def test_it_does_not_run_a_job_claimed_by_another_delivery(make_job, engine):
     job = make_job(status=Job.Status.RUNNING, attempts=1)
-    assert services.job_run(job_id=job.pk) is None
+    assert runner.job_run(job_id=job.pk) is None
     assert engine.calls == []
     job.refresh_from_db()
     assert job.status == Job.Status.RUNNING
@@ -84,7 +84,7 @@ def test_it_does_not_run_a_job_claimed_by_another_delivery(make_job, engine):
 
 def test_it_runs_a_redelivered_job_again(make_job, engine):
     job = make_job(status=Job.Status.RUNNING, attempts=1)
-    services.job_run(job_id=job.pk, redelivered=True)
+    runner.job_run(job_id=job.pk, redelivered=True)
     job.refresh_from_db()
     assert job.status == Job.Status.SUCCEEDED
     assert job.attempts == 2
@@ -93,7 +93,7 @@ def test_it_runs_a_redelivered_job_again(make_job, engine):
 
 def test_it_passes_the_redelivered_flag_from_the_task(monkeypatch):
     calls = []
-    monkeypatch.setattr("generation.services.job_run", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr("generation.runner.job_run", lambda **kwargs: calls.append(kwargs))
     run_job.push_request(delivery_info={"redelivered": True})
     try:
         run_job.run(7)
@@ -113,9 +113,9 @@ def test_the_task_acks_late():
 
 
 def test_the_worker_preloads_the_default_checkpoint(monkeypatch, checkpoint):
-    from generation.tasks import preload_default_checkpoint
+    from generation.fleet import worker
 
     loaded = []
     monkeypatch.setattr("modelzoo.pool.engine_for", lambda ckpt: loaded.append(ckpt.pk))
-    preload_default_checkpoint()
+    worker._preload_default()
     assert loaded == [checkpoint.pk]

@@ -1,4 +1,4 @@
-"""services.job_run: output, token counts and timings stored; every failure ends the job failed with a reason."""
+"""runner.job_run: output, token counts and timings stored; every failure ends the job failed with a reason."""
 from __future__ import annotations
 
 import contextlib
@@ -8,7 +8,7 @@ import time
 import pytest
 from django.db import connection
 
-from generation import services
+from generation import runner
 from generation.models import Job
 from tests.generation.fakes import FakeEngine, FakeInfo, FakeResult
 
@@ -31,7 +31,7 @@ def test_it_stores_output_tokens_and_timings(make_job, monkeypatch, info):
                                    ttft_s=0.5, elapsed_s=2.5, batch_size=4))
     use_engine(monkeypatch, engine)
     job = make_job()
-    services.job_run(job_id=job.pk)
+    runner.job_run(job_id=job.pk)
     job.refresh_from_db()
     assert job.status == Job.Status.SUCCEEDED
     assert job.output == "Paris."
@@ -48,7 +48,7 @@ def test_it_sends_the_built_prompt_and_sampling_params(make_job, monkeypatch, in
     use_engine(monkeypatch, engine)
     job = make_job(task=Job.Task.CODE, prompt="fizzbuzz", options={"language": "go"}, temperature=0.7,
                    top_p=0.9, top_k=20, max_tokens=33, seed=42, repetition_penalty=1.2)
-    services.job_run(job_id=job.pk)
+    runner.job_run(job_id=job.pk)
     (call,) = engine.calls
     assert info.chat_template.rendered[-1][0]["content"].startswith("You are an expert Go programmer.")
     assert call["prompt_ids"] == info.tokenizer.encode(
@@ -63,7 +63,7 @@ def test_it_gives_the_engine_the_time_limit_as_deadline(make_job, monkeypatch, i
     engine = FakeEngine()
     use_engine(monkeypatch, engine)
     before = time.monotonic()
-    services.job_run(job_id=make_job().pk)
+    runner.job_run(job_id=make_job().pk)
     (call,) = engine.calls
     assert before + 5 <= call["deadline"] <= time.monotonic() + 5
 
@@ -72,7 +72,7 @@ def test_it_fails_a_job_that_hit_the_time_limit(make_job, monkeypatch, info, set
     settings.JOB_TIME_LIMIT_S = 5
     use_engine(monkeypatch, FakeEngine(FakeResult(text="Par", finish_reason="timeout")))
     job = make_job()
-    services.job_run(job_id=job.pk)
+    runner.job_run(job_id=job.pk)
     job.refresh_from_db()
     assert job.status == Job.Status.FAILED
     assert job.error == "time limit exceeded (5 s)"
@@ -86,7 +86,7 @@ def test_it_fails_with_the_reason_when_the_engine_raises(make_job, monkeypatch, 
 
     use_engine(monkeypatch, FakeEngine(behaviour=boom))
     job = make_job()
-    services.job_run(job_id=job.pk)
+    runner.job_run(job_id=job.pk)
     job.refresh_from_db()
     assert job.status == Job.Status.FAILED
     assert job.error == "RuntimeError: CUDA out of memory"
@@ -99,7 +99,7 @@ def test_it_fails_with_the_reason_when_the_checkpoint_cannot_load(make_job, monk
 
     monkeypatch.setattr("modelzoo.pool.serving", cannot_load)
     job = make_job()
-    services.job_run(job_id=job.pk)
+    runner.job_run(job_id=job.pk)
     job.refresh_from_db()
     assert job.status == Job.Status.FAILED
     assert "no such file" in job.error
@@ -121,8 +121,8 @@ def test_it_stops_generating_when_the_job_is_cancelled(make_job, monkeypatch, in
 
     engine = FakeEngine(behaviour=cancelled_midway)
     use_engine(monkeypatch, engine)
-    monkeypatch.setattr(services, "PROGRESS_INTERVAL_S", 0.05)
-    services.job_run(job_id=job.pk)
+    monkeypatch.setattr(runner, "PROGRESS_INTERVAL_S", 0.05)
+    runner.job_run(job_id=job.pk)
     job.refresh_from_db()
     assert engine.calls[0]["should_cancel"]() is True
     assert job.status == Job.Status.CANCELLED
@@ -142,8 +142,8 @@ def test_it_saves_partial_output_while_running(make_job, monkeypatch, info):
         return FakeResult(text="Hello world", token_ids=[1, 2])
 
     use_engine(monkeypatch, FakeEngine(behaviour=slow))
-    monkeypatch.setattr(services, "PROGRESS_INTERVAL_S", 0.05)
-    original = services._job_progress_save
+    monkeypatch.setattr(runner, "PROGRESS_INTERVAL_S", 0.05)
+    original = runner._job_progress_save
 
     def spy(**kwargs):
         saved = original(**kwargs)
@@ -151,8 +151,8 @@ def test_it_saves_partial_output_while_running(make_job, monkeypatch, info):
         release.set()
         return saved
 
-    monkeypatch.setattr(services, "_job_progress_save", spy)
-    services.job_run(job_id=job.pk)
+    monkeypatch.setattr(runner, "_job_progress_save", spy)
+    runner.job_run(job_id=job.pk)
     assert "Hello" in seen
     job.refresh_from_db()
     assert (job.status, job.output) == (Job.Status.SUCCEEDED, "Hello world")
@@ -161,7 +161,7 @@ def test_it_saves_partial_output_while_running(make_job, monkeypatch, info):
 def test_it_runs_a_job_with_the_bundled_model(make_job):
     """The real engine through the pool: greedy, a few tokens."""
     job = make_job(task=Job.Task.QA, prompt="What is 2 + 2?", max_tokens=8, temperature=0.0)
-    services.job_run(job_id=job.pk)
+    runner.job_run(job_id=job.pk)
     job.refresh_from_db()
     assert job.status == Job.Status.SUCCEEDED, job.error
     assert job.output.strip()

@@ -19,8 +19,8 @@ from typing import Any
 import redis
 from django.conf import settings
 
-from generation import streams
-from generation.routing import WorkerState
+from llmsite import redis_client
+from generation.fleet.placement import WorkerState
 
 WORKERS_KEY = "llmsite:workers"  # zset: worker name -> last heartbeat (unix time)
 PLACEMENT_LOCK_KEY = "llmsite:placement-lock"
@@ -40,13 +40,13 @@ def _expiry_s() -> int:
 
 def live_names() -> list[str]:
     since = time.time() - settings.WORKER_HEARTBEAT_TTL_S
-    return sorted(name.decode() for name in streams.client().zrangebyscore(WORKERS_KEY, since, "+inf"))
+    return sorted(name.decode() for name in redis_client.client().zrangebyscore(WORKERS_KEY, since, "+inf"))
 
 
 def live_count() -> int:
     """Workers that sent a heartbeat within WORKER_HEARTBEAT_TTL_S; 0 when Redis cannot be read."""
     try:
-        return int(streams.client().zcount(WORKERS_KEY, time.time() - settings.WORKER_HEARTBEAT_TTL_S, "+inf"))
+        return int(redis_client.client().zcount(WORKERS_KEY, time.time() - settings.WORKER_HEARTBEAT_TTL_S, "+inf"))
     except redis.RedisError:
         return 0
 
@@ -57,13 +57,13 @@ def live_workers() -> list[WorkerState]:
 
 
 def live_statuses() -> list[dict[str, Any]]:
-    """What every live worker last published about itself (see worker_placement.status), oldest name first."""
+    """What every live worker last published about itself (see fleet.worker.status), oldest name first."""
     return [{**status, "name": name, "holds": sorted(holds)} for name, holds, status in _read_all()]
 
 
 def _read_all() -> list[tuple[str, dict[int, int], dict[str, Any]]]:
     names = live_names()
-    pipe = streams.client().pipeline(transaction=False)
+    pipe = redis_client.client().pipeline(transaction=False)
     for name in names:
         pipe.hgetall(holds_key(name))
         pipe.get(status_key(name))
@@ -83,7 +83,7 @@ def _state(name: str, holds: dict[int, int], status: dict[str, Any]) -> WorkerSt
 
 def publish(*, name: str, holds: dict[int, int], status: dict[str, Any]) -> None:
     """One heartbeat: alive now, holding exactly `holds`, with `status` for the readers."""
-    pipe = streams.client().pipeline()
+    pipe = redis_client.client().pipeline()
     pipe.zadd(WORKERS_KEY, {name: time.time()})
     pipe.delete(holds_key(name))
     if holds:
@@ -94,12 +94,12 @@ def publish(*, name: str, holds: dict[int, int], status: dict[str, Any]) -> None
 
 
 def hold(*, name: str, checkpoint_id: int, size_bytes: int) -> None:
-    streams.client().hset(holds_key(name), str(checkpoint_id), size_bytes)
+    redis_client.client().hset(holds_key(name), str(checkpoint_id), size_bytes)
 
 
 def forget(*, name: str) -> None:
     """The worker stopped (or starts afresh under the same name): drop everything it said."""
-    pipe = streams.client().pipeline()
+    pipe = redis_client.client().pipeline()
     pipe.zrem(WORKERS_KEY, name)
     pipe.delete(holds_key(name), status_key(name))
     pipe.execute()
@@ -109,7 +109,7 @@ def forget(*, name: str) -> None:
 def placement_lock() -> Iterator[bool]:
     """Serializes load decisions across workers, so two never claim one checkpoint at once. Yields False
     when the lock could not be had in time (the caller then decides alone rather than not at all)."""
-    lock = streams.client().lock(PLACEMENT_LOCK_KEY, timeout=10, blocking_timeout=5)
+    lock = redis_client.client().lock(PLACEMENT_LOCK_KEY, timeout=10, blocking_timeout=5)
     acquired = lock.acquire()
     try:
         yield acquired

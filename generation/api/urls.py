@@ -1,6 +1,6 @@
 from django.urls import path
 
-from generation import api
+from generation.api import views as api
 
 app_name = "api"
 

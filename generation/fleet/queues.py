@@ -1,4 +1,5 @@
-"""The Celery queues as Redis lists: their depths, and moving messages out of queues nobody consumes.
+"""The Celery queues as Redis lists: which queue a new job is published to, their depths, and moving messages
+out of queues nobody consumes.
 
 Kombu's Redis transport keeps a queue as a list named after it (LPUSH to publish, BRPOP to consume, so the
 oldest message is at the right end). Messages are moved whole, with their delivery info untouched: a moved
@@ -11,8 +12,15 @@ from collections.abc import Iterable
 
 from django.conf import settings
 
-from generation import streams
-from generation.routing import CHECKPOINT_QUEUE_PREFIX, WORKER_QUEUE_SUFFIX, WorkerState, checkpoint_id_of_queue
+from llmsite import redis_client
+from generation.fleet import registry
+from generation.fleet.placement import (
+    CHECKPOINT_QUEUE_PREFIX,
+    WORKER_QUEUE_SUFFIX,
+    WorkerState,
+    checkpoint_id_of_queue,
+    queue_for,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +41,20 @@ def default_queue() -> str:
     return settings.CELERY_TASK_DEFAULT_QUEUE
 
 
+def queue_for_new_job(*, checkpoint_id: int) -> str:
+    """`checkpoint.<id>` when a live worker holds the checkpoint, else the default queue (also when the
+    registry cannot be read: publishing then tells whether the broker is really down)."""
+    try:
+        workers = registry.live_workers()
+    except Exception as exc:
+        logger.warning("Worker registry unreadable (%s); routing to %s", exc, default_queue())
+        return default_queue()
+    return queue_for(checkpoint_id=checkpoint_id, workers=workers, default_queue=default_queue())
+
+
 def routed_queue_names() -> list[str]:
     """Checkpoint queues and worker direct queues that exist in Redis now (a list with messages)."""
-    client = streams.client()
+    client = redis_client.client()
     names = set()
     for pattern in (f"{CHECKPOINT_QUEUE_PREFIX}*", f"*{WORKER_QUEUE_SUFFIX}"):
         for key in client.scan_iter(match=pattern, count=500, _type="list"):
@@ -47,7 +66,7 @@ def depths() -> dict[str, int]:
     """Messages waiting per queue: the default queue, then every checkpoint and worker queue that has some.
     Messages a worker has taken but not yet acked are not counted."""
     names = [default_queue(), *routed_queue_names()]
-    pipe = streams.client().pipeline(transaction=False)
+    pipe = redis_client.client().pipeline(transaction=False)
     for name in names:
         pipe.llen(name)
     return dict(zip(names, pipe.execute()))
@@ -55,7 +74,7 @@ def depths() -> dict[str, int]:
 
 def move_all(*, source: str, target: str) -> int:
     """Move every message of `source` to `target` atomically; how many were moved."""
-    return int(streams.client().eval(_MOVE_ALL, 2, source, target))
+    return int(redis_client.client().eval(_MOVE_ALL, 2, source, target))
 
 
 def stranded_queues(*, queues: Iterable[str], live: Iterable[WorkerState]) -> list[str]:

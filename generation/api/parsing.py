@@ -1,0 +1,145 @@
+"""Reading an OpenAI request body into a GenerationRequest: every parameter checked against generation.limits,
+400 naming the parameter, 404 for an unknown model, 400 context_length_exceeded."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from generation import limits
+from generation.api.errors import ApiError
+from generation.models import Job
+from modelzoo.models import Checkpoint
+
+ROLES = ("system", "user", "assistant")
+#: max_tokens when the request gives none (OpenAI's completions default is 16), trimmed to what fits.
+DEFAULT_MAX_TOKENS = {Job.Task.CHAT: 256, Job.Task.COMPLETION: 16}
+
+
+@dataclass
+class GenerationRequest:
+    task: str
+    checkpoint: Checkpoint
+    prompt: str
+    options: dict[str, Any]
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int | None
+    n: int
+    stream: bool
+    include_usage: bool
+    prompt_tokens: int = 0
+    job_ids: list[int] = field(default_factory=list)
+
+
+def _number(body: dict, name: str, default: float, bounds: limits.Range) -> float:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ApiError(400, f"'{name}' must be a number", param=name, code="invalid_type")
+    if value not in bounds:
+        raise ApiError(400, f"'{name}' must be in {bounds}, got {value}", param=name, code="invalid_value")
+    return float(value)
+
+
+def _integer(body: dict, name: str, bounds: limits.Range) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ApiError(400, f"'{name}' must be an integer", param=name, code="invalid_type")
+    if value not in bounds:
+        raise ApiError(400, f"'{name}' must be between {int(bounds.low)} and {int(bounds.high)}", param=name,
+                       code="invalid_value")
+    return value
+
+
+def _messages(body: dict) -> list[dict[str, str]]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "'messages' must be a non-empty array", param="messages", code="invalid_value")
+    clean = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in (*ROLES, "developer"):
+            raise ApiError(400, f"messages[{i}].role must be one of {', '.join(ROLES)}", param=f"messages[{i}].role",
+                           code="invalid_value")
+        content = message.get("content")
+        if isinstance(content, list):  # content parts: text only
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                       for p in content):
+                raise ApiError(400, f"messages[{i}].content: only text parts are supported",
+                               param=f"messages[{i}].content", code="invalid_value")
+            content = "".join(p["text"] for p in content)
+        if not isinstance(content, str):
+            raise ApiError(400, f"messages[{i}].content must be a string", param=f"messages[{i}].content",
+                           code="invalid_type")
+        role = "system" if message["role"] == "developer" else message["role"]
+        clean.append({"role": role, "content": content})
+    return clean
+
+
+def parse_request(body: Any, *, task: str) -> GenerationRequest:
+    """Validate an OpenAI request body (400 naming the parameter, 404 for an unknown model) and count the
+    prompt's tokens against the context window the workers serve (400 context_length_exceeded)."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "The request body must be a JSON object", code="invalid_json")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise ApiError(400, "'model' is required", param="model", code="missing_required_parameter")
+    checkpoint = Checkpoint.objects.ready().filter(name=model).first()
+    if checkpoint is None:
+        raise ApiError(404, f"The model '{model}' does not exist or is not ready", type="invalid_request_error",
+                       param="model", code="model_not_found")
+    if task == Job.Task.CHAT:
+        messages = _messages(body)
+        options: dict[str, Any] = {"messages": messages}
+        users = [m["content"] for m in messages if m["role"] == "user"]
+        prompt, prompt_param = (users[-1] if users else messages[-1]["content"]), "messages"
+    else:
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if not isinstance(prompt, str):
+            raise ApiError(400, "'prompt' must be a string (token arrays and batches are not supported)",
+                           param="prompt", code="invalid_type")
+        options, prompt_param = {}, "prompt"
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if stop is not None and (not isinstance(stop, list) or len(stop) > limits.MAX_STOP_STRINGS
+                             or not all(isinstance(s, str) for s in stop)):
+        raise ApiError(400, f"'stop' must be a string or an array of at most {limits.MAX_STOP_STRINGS} strings", param="stop",
+                       code="invalid_value")
+    if stop:
+        options["stop"] = stop
+    temperature = _number(body, "temperature", 1.0, limits.TEMPERATURE)
+    top_p = _number(body, "top_p", 1.0, limits.TOP_P)
+    seed = _integer(body, "seed", limits.SEED)
+    n = _integer(body, "n", limits.N) or 1
+    max_name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = _integer(body, max_name, limits.MAX_TOKENS)
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise ApiError(400, "'stream' must be a boolean", param="stream", code="invalid_type")
+    stream_options = body.get("stream_options") or {}
+    if not isinstance(stream_options, dict):
+        raise ApiError(400, "'stream_options' must be an object", param="stream_options", code="invalid_type")
+
+    try:
+        fit = limits.fit_context(checkpoint=checkpoint, task=task, prompt=prompt, options=options,
+                                 max_tokens=max_tokens, default_max_tokens=DEFAULT_MAX_TOKENS[task])
+    except limits.ContextTooLong as exc:
+        if exc.prompt_too_long:
+            raise ApiError(400, f"This model's maximum context length is {exc.window} tokens, but your "
+                                f"{prompt_param} is {exc.prompt_tokens} tokens.", param=prompt_param,
+                           code="context_length_exceeded") from None
+        raise ApiError(400, f"This model's maximum context length is {exc.window} tokens. However, you requested "
+                            f"{exc.prompt_tokens + exc.max_tokens} tokens ({exc.prompt_tokens} in the {prompt_param}, "
+                            f"{exc.max_tokens} for the completion).", param=max_name,
+                       code="context_length_exceeded") from None
+    return GenerationRequest(
+        task=task, checkpoint=checkpoint, prompt=prompt, options=options, max_tokens=fit.max_tokens,
+        temperature=temperature, top_p=top_p, seed=seed, n=n, stream=stream,
+        include_usage=bool(stream_options.get("include_usage")), prompt_tokens=len(fit.prompt_ids),
+    )
