@@ -5,15 +5,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import F
+from django.db import connection
+from django.db.utils import Error as DbError
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
-from generation import prompts, streams
+from generation import prompts, selectors, streams
+from generation.fleet import queues
 from generation.models import Job
 from llmsite import redis_client
 from modelzoo import pool
@@ -26,48 +31,130 @@ PROGRESS_INTERVAL_S = 1.0
 
 
 def job_checkpoint_to_run(*, job_id: int, redelivered: bool) -> Checkpoint | None:
-    """The checkpoint of a job this delivery may run (queued, or running and redelivered); None otherwise."""
+    """The checkpoint whose queued jobs this delivery may run; None when it has nothing to do."""
     job = Job.objects.select_related("checkpoint").filter(pk=job_id).first()
     if job is None:
         return None
-    if job.status == Job.Status.QUEUED or (redelivered and job.status == Job.Status.RUNNING):
+    if redelivered and job.status == Job.Status.RUNNING:
+        return job.checkpoint
+    if job.status == Job.Status.QUEUED or selectors.jobs_waiting_exist(checkpoint_id=job.checkpoint_id):
         return job.checkpoint
     return None
 
 
 def job_claim(*, job_id: int, redelivered: bool = False) -> Job | None:
-    """Take the job for this delivery with a conditional UPDATE; None when there is nothing to do.
+    """Take a job for this delivery with a conditional UPDATE; None when there is nothing to do.
 
-    - queued -> running (attempts + 1): the normal case.
-    - running and `redelivered` (the broker gave the message again because its worker died without acking):
-      re-claimed with attempts + 1 while attempts < JOB_MAX_ATTEMPTS, else failed "worker lost N times".
-    - anything else (a duplicate delivery while the first one runs, a finished, cancelled or deleted job): None.
+    A message stands for "one job of this checkpoint": the job claimed is the next in fair order among the
+    checkpoint's queued jobs (selectors.jobs_in_fair_order), which is usually, but not always, the message's
+    own. A redelivered message (its worker died without acking) re-claims its own job while that job is
+    running with an expired lease, attempts + 1 up to JOB_MAX_ATTEMPTS, then fails it "worker lost N times".
+    Every claim starts a lease (see lease_kept) and counts an attempt.
+    """
+    job = Job.objects.filter(pk=job_id).only("status", "checkpoint_id", "lease_expires_at").first()
+    if job is None:
+        return None
+    if redelivered and job.status == Job.Status.RUNNING:
+        return _job_reclaim_lost(job_id=job_id)
+    for candidate in selectors.jobs_in_fair_order(checkpoint_id=job.checkpoint_id, first=job_id):
+        now = timezone.now()
+        if Job.objects.filter(pk=candidate, status=Job.Status.QUEUED).update(
+            status=Job.Status.RUNNING, attempts=F("attempts") + 1, started_at=now, lease_expires_at=_lease_end(now)
+        ):
+            return Job.objects.select_related("checkpoint").get(pk=candidate)
+    return None
+
+
+def _job_reclaim_lost(*, job_id: int) -> Job | None:
+    now = timezone.now()
+    lost = Job.objects.filter(pk=job_id, status=Job.Status.RUNNING).filter(
+        Q(lease_expires_at__lt=now) | Q(lease_expires_at__isnull=True))
+    if lost.filter(attempts__lt=settings.JOB_MAX_ATTEMPTS).update(
+        attempts=F("attempts") + 1, started_at=now, first_token_at=None, output="", lease_expires_at=_lease_end(now)
+    ):
+        return Job.objects.select_related("checkpoint").get(pk=job_id)
+    _job_fail_lost(jobs=lost)
+    return None
+
+
+def _job_fail_lost(*, jobs: QuerySet[Job]) -> int:
+    """Fail those of `jobs` (running, lease expired) that used up their attempts; how many."""
+    failed = 0
+    for job in jobs.filter(attempts__gte=settings.JOB_MAX_ATTEMPTS):
+        failed += Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, attempts=job.attempts).update(
+            status=Job.Status.FAILED, error=f"worker lost {job.attempts} times; giving up",
+            finished_at=timezone.now(), lease_expires_at=None,
+        )
+        streams.stream_end(job_id=job.pk, status=Job.Status.FAILED)
+        logger.error("Job %s failed: worker lost %s times", job.pk, job.attempts)
+    return failed
+
+
+def _lease_end(now: datetime) -> datetime:
+    return now + timedelta(seconds=settings.JOB_LEASE_S)
+
+
+@contextmanager
+def lease_kept(*, job: Job) -> Iterator[None]:
+    """Renew the running job's lease every third of JOB_LEASE_S from a thread of its own, for as long as the
+    body runs (loading the checkpoint included), so only a worker that is gone lets it expire. Inside a
+    transaction (the caller's own) another connection could not see the row, so there is nothing to renew."""
+    if connection.in_atomic_block:
+        yield
+        return
+    stop = threading.Event()
+
+    def renew() -> None:
+        try:
+            while not stop.wait(settings.JOB_LEASE_S / 3):
+                try:
+                    Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, attempts=job.attempts).update(
+                        lease_expires_at=_lease_end(timezone.now()))
+                except DbError as exc:
+                    logger.warning("Job %s: lease not renewed (%s); retrying on a fresh connection", job.pk, exc)
+                    connection.close()
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=renew, name=f"lease-{job.pk}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+# --- the reconciler: every job ends, whatever failed ------------------------------------------------------------
+
+
+def jobs_reconcile(*, publish: Callable[[Job], None]) -> dict[str, int]:
+    """Make the database's truth hold again after faults; safe to run twice at once or back to back.
+
+    - running jobs whose lease expired (their worker died, or lost Redis and the database): queued again and
+      published, or failed "worker lost N times" once they used up JOB_MAX_ATTEMPTS;
+    - queued jobs without a message (Redis lost its data, or a publish was lost): published again. Messages
+      are interchangeable within a checkpoint (job_claim takes the next job in fair order), so it is enough
+      that no fewer messages wait than jobs do.
     """
     now = timezone.now()
-    claimed = Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(
-        status=Job.Status.RUNNING, attempts=F("attempts") + 1, started_at=now
-    )
-    if not claimed and redelivered:
-        claimed = Job.objects.filter(
-            pk=job_id, status=Job.Status.RUNNING, attempts__lt=settings.JOB_MAX_ATTEMPTS
-        ).update(attempts=F("attempts") + 1, started_at=now, first_token_at=None, output="")
-        if not claimed:
-            _job_fail_lost(job_id=job_id)
-    if not claimed:
-        return None
-    return Job.objects.select_related("checkpoint").get(pk=job_id)
-
-
-def _job_fail_lost(*, job_id: int) -> None:
-    job = Job.objects.filter(pk=job_id, status=Job.Status.RUNNING).first()
-    if job is None or job.attempts < settings.JOB_MAX_ATTEMPTS:
-        return
-    Job.objects.filter(pk=job_id, status=Job.Status.RUNNING, attempts=job.attempts).update(
-        status=Job.Status.FAILED,
-        error=f"worker lost {job.attempts} times; giving up",
-        finished_at=timezone.now(),
-    )
-    logger.error("Job %s failed: worker lost %s times", job_id, job.attempts)
+    expired = Job.objects.filter(status=Job.Status.RUNNING, lease_expires_at__lt=now)
+    failed = _job_fail_lost(jobs=expired)
+    requeued = 0
+    for job in expired.filter(attempts__lt=settings.JOB_MAX_ATTEMPTS):
+        if Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, lease_expires_at=job.lease_expires_at).update(
+            status=Job.Status.QUEUED, output="", first_token_at=None, lease_expires_at=None
+        ):
+            requeued += 1
+            logger.warning("Job %s: its worker stopped renewing the lease; queued again", job.pk)
+    published = 0
+    missing = Job.objects.filter(status=Job.Status.QUEUED).count() - queues.messages_waiting()
+    for job in Job.objects.filter(status=Job.Status.QUEUED).order_by("created_at", "id")[:max(0, missing)]:
+        publish(job)  # raises when the broker is down: the next round tries again
+        published += 1
+    if requeued or published or failed:
+        logger.warning("Reconciled: %d failed, %d queued again, %d published again", failed, requeued, published)
+    return {"failed": failed, "requeued": requeued, "published": published}
 
 
 @dataclass
@@ -93,14 +180,20 @@ class _Progress:
 
 
 def _job_progress_save(*, job: Job, progress: _Progress) -> bool:
-    """Write the partial output; False when the job is no longer ours (cancelled, deleted, re-claimed)."""
+    """Write the partial output; False when the job is no longer ours (cancelled, deleted, re-claimed). A failed
+    write counts as ours: the job goes on, and its final save retries."""
     text, count, first_token_at = progress.snapshot()
     fields: dict[str, Any] = {"output": text, "completion_tokens": count}
     if first_token_at is not None:
         fields["first_token_at"] = first_token_at
-    return bool(
-        Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, attempts=job.attempts).update(**fields)
-    )
+    try:
+        return bool(
+            Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, attempts=job.attempts).update(**fields)
+        )
+    except DbError as exc:  # the next save tries again on a fresh connection; the final save retries
+        logger.warning("Job %s: progress not saved (%s)", job.pk, exc)
+        connection.close()
+        return True
 
 
 def _generate_watched(
@@ -164,18 +257,35 @@ def _generate_watched(
 
 
 def job_run(*, job_id: int, redelivered: bool = False) -> Job | None:
-    """Claim the job, generate with the resident engine, and store output, token counts and timings.
+    """Claim a job, generate with the resident engine, and store output, token counts and timings.
 
     Any error fails the job with the reason. The time limit (JOB_TIME_LIMIT_S, counted from the claim) is
-    passed to the engine as a deadline: Celery's own time limits do nothing in the threads pool.
-    Returns the finished job, or None when this delivery had nothing to do.
+    passed to the engine as a deadline: Celery's own time limits do nothing in the threads pool. The final
+    write survives a database that dropped its connections (retried on a fresh one), so a result is never lost
+    because one save failed. Returns the finished job, or None when this delivery had nothing to do.
     """
     job = job_claim(job_id=job_id, redelivered=redelivered)
     if job is None:
         logger.info("Job %s: nothing to do for this delivery", job_id)
         return None
-    deadline = time.monotonic() + settings.JOB_TIME_LIMIT_S
+    with lease_kept(job=job):
+        final = _job_generate(job=job)
     only_ours = Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, attempts=job.attempts)
+
+    def save() -> None:
+        if not only_ours.update(**final, finished_at=timezone.now(), lease_expires_at=None) and "output" in final:
+            # Cancelled by the user while running: keep the text produced so far on the cancelled row.
+            Job.objects.filter(pk=job.pk, status=Job.Status.CANCELLED, attempts=job.attempts).update(
+                **{name: value for name, value in final.items() if name not in ("status", "error")},
+                finish_reason="cancelled")
+
+    _on_fresh_connection(save, what=f"job {job.pk}: final save")
+    return _on_fresh_connection(lambda: _job_stream_end(job_id=job.pk), what=f"job {job.pk}: end of stream")
+
+
+def _job_generate(*, job: Job) -> dict[str, Any]:
+    """Generate; the fields of the job's final row (status, error, output and statistics)."""
+    deadline = time.monotonic() + settings.JOB_TIME_LIMIT_S
     streams.stream_start(job_id=job.pk, attempt=job.attempts)
     try:
         info = pool.checkpoint_info(job.checkpoint)
@@ -190,8 +300,7 @@ def job_run(*, job_id: int, redelivered: bool = False) -> Job | None:
             )
     except Exception as exc:
         logger.exception("Job %s failed", job.pk)
-        only_ours.update(status=Job.Status.FAILED, error=f"{type(exc).__name__}: {exc}", finished_at=timezone.now())
-        return _job_stream_end(job_id=job.pk)
+        return {"status": Job.Status.FAILED, "error": f"{type(exc).__name__}: {exc}"}
 
     status, error = Job.Status.SUCCEEDED, ""
     if result.finish_reason == "timeout":
@@ -202,7 +311,9 @@ def job_run(*, job_id: int, redelivered: bool = False) -> Job | None:
     first_token_at = None
     if completion_tokens:
         first_token_at = first_token_seen or generation_started + timedelta(seconds=result.ttft_s)
-    stats: dict[str, Any] = {
+    return {
+        "status": status,
+        "error": error,
         "output": result.text,
         "finish_reason": result.finish_reason,
         "prompt_tokens": len(result.prompt_token_ids),
@@ -211,12 +322,24 @@ def job_run(*, job_id: int, redelivered: bool = False) -> Job | None:
         "first_token_at": first_token_at,
         "decode_s": max(result.elapsed_s - result.ttft_s, 0.0) if completion_tokens else None,
     }
-    if not only_ours.update(status=status, error=error, finished_at=timezone.now(), **stats):
-        # Cancelled by the user while running: keep the text produced so far on the cancelled row.
-        Job.objects.filter(pk=job.pk, status=Job.Status.CANCELLED, attempts=job.attempts).update(
-            **{**stats, "finish_reason": "cancelled"}
-        )
-    return _job_stream_end(job_id=job.pk)
+
+
+#: Pauses between tries of a write whose database connection failed (about half a minute in all).
+DB_RETRY_PAUSES_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
+
+
+def _on_fresh_connection(write: Callable[[], Any], *, what: str) -> Any:
+    """Run `write`; when the database connection fails, close it and try again on a new one."""
+    for pause in (*DB_RETRY_PAUSES_S, None):
+        try:
+            return write()
+        except DbError as exc:
+            if pause is None:
+                raise
+            logger.warning("%s failed (%s); retrying on a fresh connection in %.1f s", what, exc, pause)
+            connection.close()
+            time.sleep(pause)
+    return None
 
 
 def _job_stream_end(*, job_id: int) -> Job | None:

@@ -5,7 +5,7 @@ from typing import Any
 
 from datetime import timedelta
 
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, Min, Q, QuerySet
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
@@ -27,6 +27,27 @@ def job_list_for_user(*, user: Any, task: str = "", status: str = "", q: str = "
 def job_get_for_user(*, user: Any, job_id: int) -> Job:
     """The user's job; Http404 for a job of anybody else, exactly as for one that does not exist."""
     return get_object_or_404(Job.objects.select_related("checkpoint"), pk=job_id, owner=user)
+
+
+def jobs_waiting_exist(*, checkpoint_id: int) -> bool:
+    return Job.objects.filter(status=Job.Status.QUEUED, checkpoint_id=checkpoint_id).exists()
+
+
+def jobs_in_fair_order(*, checkpoint_id: int, first: int | None = None, limit: int = 8) -> list[int]:
+    """Ids of the checkpoint's queued jobs in the order workers take them: each user's oldest queued job, the
+    user with the fewest running jobs first, then the user whose oldest job waited longest. A user's backlog
+    thus delays another user's job by at most the jobs already running, whatever arrived first. `first` is
+    tried first when it is its owner's oldest job and its owner is among the least served (the usual case:
+    the message's own job)."""
+    heads = (Job.objects.filter(status=Job.Status.QUEUED, checkpoint_id=checkpoint_id)
+             .values("owner_id").annotate(head=Min("id")).values_list("owner_id", "head"))
+    heads = list(heads)
+    if not heads:
+        return []
+    running = dict(Job.objects.filter(status=Job.Status.RUNNING, owner_id__in=[owner for owner, _ in heads])
+                   .values("owner_id").annotate(n=Count("id")).values_list("owner_id", "n"))
+    order = sorted(heads, key=lambda row: (running.get(row[0], 0), row[1] != first, row[1]))
+    return [head for _, head in order[:limit]]
 
 
 def job_queue_position(*, job: Job) -> int | None:

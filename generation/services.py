@@ -11,7 +11,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from generation import prompts, streams
+from generation import limits, prompts, streams
 from generation.fleet import queues
 from generation.models import ApiKey, Job
 from modelzoo.models import Checkpoint
@@ -64,6 +64,14 @@ def job_create(
         )
         transaction.on_commit(lambda: job_enqueue(job=job))
     return job
+
+
+def jobs_submit(*, owner: Any, source: str = Job.Source.WEB, inputs: list[dict[str, Any]]) -> list[Job]:
+    """Create one queued job per entry of `inputs` (job_create's keyword arguments) if the quotas allow all of
+    them, else raise limits.QuotaExceeded; the check and the inserts happen under one admission lock."""
+    with limits.admission():
+        limits.check_quotas(user=owner, n=len(inputs), source=source)
+        return [job_create(owner=owner, source=source, **fields) for fields in inputs]
 
 
 def job_enqueue(*, job: Job) -> bool:
@@ -127,7 +135,9 @@ def job_rerun_initial(*, job: Job) -> dict[str, Any]:
 def job_replay(*, job: Job) -> Job:
     """A new queued job with the same task, input, parameters and checkpoint (used for API jobs, whose
     chat messages or raw prompt the new-job form cannot express)."""
-    return job_create(owner=job.owner, **job.inputs())
+    inputs = job.inputs()
+    [new] = jobs_submit(owner=job.owner, source=inputs.pop("source"), inputs=[inputs])
+    return new
 
 
 def jobs_cancel_unfinished(*, job_ids: list[int]) -> None:

@@ -15,7 +15,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from generation import health, selectors, services, streams
+from generation import health, limits, selectors, services, streams
 from generation.forms import JobForm
 from generation.models import Job
 from generation.rendering import render_output
@@ -32,7 +32,11 @@ def job_new(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         form = JobForm(request.POST)
         if form.is_valid():
-            job = services.job_create(owner=request.user, **form.job_kwargs())
+            try:
+                [job] = services.jobs_submit(owner=request.user, inputs=[form.job_kwargs()])
+            except limits.QuotaExceeded as exc:
+                form.add_error(None, _quota_message(exc))
+                return render(request, "generation/job_form.html", {"form": form}, status=exc.status)
             if job.status == Job.Status.FAILED:
                 messages.error(request, job.error)
             return redirect(job)
@@ -45,6 +49,11 @@ def job_new(request: HttpRequest) -> HttpResponse:
             initial = services.job_rerun_initial(job=source)
         form = JobForm(initial=initial)
     return render(request, "generation/job_form.html", {"form": form})
+
+
+def _quota_message(exc: limits.QuotaExceeded) -> str:
+    wait = getattr(exc, "retry_after_s", None)
+    return f"{exc.message}." + (f" Try again in {wait} s." if wait else "")
 
 
 @login_required
@@ -176,7 +185,11 @@ def job_delete(request: HttpRequest, job_id: int) -> HttpResponse:
 def job_replay(request: HttpRequest, job_id: int) -> HttpResponse:
     """Run the same input again as a new job (API jobs' chat messages and raw prompts included)."""
     job = selectors.job_get_for_user(user=request.user, job_id=job_id)
-    new = services.job_replay(job=job)
+    try:
+        new = services.job_replay(job=job)
+    except limits.QuotaExceeded as exc:
+        messages.error(request, _quota_message(exc))
+        return redirect(job)
     if new.status == Job.Status.FAILED:
         messages.error(request, new.error)
     return redirect(new)

@@ -37,6 +37,9 @@ end
 """
 
 
+UNACKED_KEY = "unacked"  # kombu's Redis transport: delivered, not yet acknowledged messages
+
+
 def default_queue() -> str:
     return settings.CELERY_TASK_DEFAULT_QUEUE
 
@@ -70,6 +73,11 @@ def depths() -> dict[str, int]:
     for name in names:
         pipe.llen(name)
     return dict(zip(names, pipe.execute()))
+
+
+def messages_waiting() -> int:
+    """Messages in every queue plus those taken by a worker and not yet acked (kombu's `unacked` hash)."""
+    return sum(depths().values()) + int(redis_client.client().hlen(UNACKED_KEY))
 
 
 def move_all(*, source: str, target: str) -> int:
