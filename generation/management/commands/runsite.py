@@ -1,25 +1,33 @@
-"""`manage.py runsite`: the whole site on one machine — Redis, one Celery worker and the web server.
+"""`manage.py runsite`: the whole site on one machine — Redis, one Celery worker and the web server — kept up.
 
-Redis comes from `REDIS_URL` when it is set; otherwise a local one is started on `LLMSITE_REDIS_PORT`
-(files under `var/redis/`). Ctrl-C (or SIGTERM) stops every child.
+Redis comes from `REDIS_URL` when it is set (runsite only watches it and logs when it stops or starts
+answering); otherwise a local one runs on `LLMSITE_REDIS_PORT` (files under `var/redis/`). A child that dies
+(the worker, the web server, the local Redis) is restarted with a backoff (llmsite.supervisor); the web keeps
+answering meanwhile and /healthz says what is down. Only Ctrl-C or SIGTERM stops everything: the web server,
+then the worker, Redis last; runsite then exits 0.
 """
 from __future__ import annotations
 
+import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 
 from llmsite import localredis
+from llmsite.supervisor import ChildSpec, Supervisor
+
+logger = logging.getLogger(__name__)
 
 
 class Command(BaseCommand):
-    help = "Run Redis (unless REDIS_URL is set), one Celery worker and the web server until Ctrl-C."
+    help = "Run Redis (unless REDIS_URL is set), one Celery worker and the web server, restarting any that dies, " \
+           "until Ctrl-C."
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--host", default=os.environ.get("LLMSITE_HOST", "127.0.0.1"))
@@ -31,51 +39,62 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, host: str, port: int, web_workers: int, concurrency: int, **options) -> None:
-        children: list[subprocess.Popen] = []
-        stopping = False
-
-        def request_stop(signum, frame) -> None:
-            nonlocal stopping
-            stopping = True
-
-        # Ctrl-C reaches the children too (same process group); we only stop watching and clean up.
-        signal.signal(signal.SIGINT, request_stop)
-        signal.signal(signal.SIGTERM, request_stop)
+        external_url = os.environ.get("REDIS_URL")
+        url = external_url or settings.REDIS_URL
+        specs = [] if external_url else self._local_redis(url)
+        env = dict(os.environ, REDIS_URL=url)
+        specs.append(ChildSpec("worker", [
+            sys.executable, "-m", "celery", "-A", "llmsite", "worker", "--pool", "threads",
+            "--concurrency", str(concurrency), "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+        ], env))
+        specs.append(ChildSpec("web", [
+            sys.executable, "-m", "uvicorn", "llmsite.asgi:application", "--host", host, "--port", str(port),
+            "--workers", str(web_workers), "--no-access-log", "--lifespan", "off",
+        ], env))
+        supervisor = Supervisor(specs)
+        # Only runsite gets the terminal's Ctrl-C (each child has its own session); it stops the children itself.
+        signal.signal(signal.SIGINT, lambda signum, frame: supervisor.request_stop())
+        signal.signal(signal.SIGTERM, lambda signum, frame: supervisor.request_stop())
+        watch = ExternalRedisWatch(url) if external_url else None
+        self.stdout.write(self.style.SUCCESS(f"llmsite is starting at http://{host}:{port}/  (Ctrl-C stops it)"))
+        self.stdout.write("First admin: .venv/bin/python manage.py createsuperuser, then sign in at /admin/")
         try:
-            env = dict(os.environ, REDIS_URL=self._redis_url(children))
-            children.append(subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "llmsite", "worker", "--pool", "threads",
-                 "--concurrency", str(concurrency), "--loglevel", "INFO", "--without-gossip", "--without-mingle"],
-                env=env,
-            ))
-            children.append(subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "llmsite.asgi:application", "--host", host, "--port", str(port),
-                 "--workers", str(web_workers), "--no-access-log", "--lifespan", "off"],
-                env=env,
-            ))
-            self.stdout.write(self.style.SUCCESS(f"llmsite is starting at http://{host}:{port}/  (Ctrl-C stops it)"))
-            self.stdout.write("First admin: .venv/bin/python manage.py createsuperuser, then sign in at /admin/")
-            while not stopping:
-                for child in children:
-                    if child.poll() is not None and not stopping:
-                        raise CommandError(f"{' '.join(child.args[:5])} exited with {child.returncode}")
-                time.sleep(0.5)
+            supervisor.run(on_tick=watch)
         finally:
             self.stdout.write("Stopping…")
-            for child in reversed(children):
-                localredis.stop(child)
+            supervisor.stop()
 
-    def _redis_url(self, children: list[subprocess.Popen]) -> str:
-        """REDIS_URL when set (it must answer); else the local Redis, started here if it is not up yet."""
-        url = os.environ.get("REDIS_URL")
-        if url:
-            if not localredis.is_up(url):
-                raise CommandError(f"REDIS_URL={url} does not answer PING")
-            return url
-        url = settings.REDIS_URL
-        if not localredis.is_up(url):
-            port = settings.LOCAL_REDIS_PORT
-            data_dir = Path(settings.VAR_DIR) / "redis"
-            self.stdout.write(f"Starting Redis ({localredis.redis_server_binary()}) on port {port}")
-            children.append(localredis.start_redis(port=port, data_dir=data_dir))
-        return url
+    def _local_redis(self, url: str) -> list[ChildSpec]:
+        """The local Redis to supervise; none when one already answers on its port (left from an earlier run,
+        or another runsite's: it is used, not owned, so it is neither restarted nor stopped here)."""
+        if localredis.is_up(url):
+            logger.warning("A Redis already answers at %s: using it; runsite will not restart or stop it", url)
+            return []
+        data_dir = Path(settings.VAR_DIR) / "redis"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        command = localredis.redis_command(port=settings.LOCAL_REDIS_PORT, data_dir=data_dir)
+        return [ChildSpec("redis", command, ready=lambda: localredis.is_up(url))]
+
+
+class ExternalRedisWatch:
+    """Called every tick of the supervisor's loop: checks the external Redis every `interval_s` and logs when it
+    stops or starts answering. runsite does not own it, so it never starts or restarts it."""
+
+    def __init__(self, url: str, *, interval_s: float = 5.0) -> None:
+        self.url, self.interval_s = url, interval_s
+        parts = urlsplit(url)
+        self.shown = parts._replace(netloc=f"{parts.hostname}:{parts.port or 6379}").geturl()  # no password
+        self.next_check, self.up = 0.0, None
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if now < self.next_check:
+            return
+        self.next_check = now + self.interval_s
+        up = localredis.is_up(self.url)
+        if not up and self.up is not False:
+            logger.error("REDIS_URL=%s does not answer PING; jobs wait until it does (runsite does not manage it)",
+                         self.shown)
+        elif up and self.up is False:
+            logger.warning("REDIS_URL=%s answers again", self.shown)
+        self.up = up
