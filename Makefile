@@ -5,13 +5,21 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test setup browser migrate bench clean
+.PHONY: run test test-fast lint setup browser migrate bench clean
 
 run: setup migrate
 	$(PY) manage.py runsite
 
+# Everything: unit, slow, integration (real Redis and Celery workers) and browser tests.
 test: setup browser
 	$(PY) -m pytest
+
+# The unit tests without the slow ones (no bundled model loaded, no worker process, no browser).
+test-fast: setup
+	$(PY) -m pytest -m "not slow and not integration and not browser"
+
+lint: setup
+	$(VENV)/bin/ruff check .
 
 bench: setup
 	$(PY) manage.py bench

@@ -1,14 +1,44 @@
-"""Shared unit-level fixtures: an owner, another user, their signed-in clients, the bundled checkpoint, jobs."""
+"""Shared unit-level fixtures: an owner, another user, their signed-in clients, the bundled checkpoint, jobs, an
+empty Redis and a checkpoint store of the test's own; and the markers the folders give their tests."""
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from django.test import Client
 
 from generation.models import Job
+from llmsite import redis_client
 from modelzoo.models import Checkpoint
+
+TESTS = Path(__file__).resolve().parent
+# Every test under these folders gets the marker of the same name (registered in pyproject.toml), so
+# `-m "not integration and not browser"` selects the unit tests without a marker written on each test.
+MARKED_FOLDERS = ("integration", "browser")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        try:
+            folder = item.path.resolve().relative_to(TESTS).parts[0]
+        except ValueError:  # a test file outside tests/
+            continue
+        if folder in MARKED_FOLDERS:
+            item.add_marker(getattr(pytest.mark, folder))
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(request: pytest.FixtureRequest) -> None:
+    """Unit tests hash passwords with MD5: the production PBKDF2 costs ~0.3 s per user made or signed in on the
+    test machine, most of a unit test's time. Integration and browser tests keep the production hashers,
+    since the site in a child process checks the passwords of users the test made."""
+    if request.node.get_closest_marker("integration") or request.node.get_closest_marker("browser"):
+        return
+    settings = request.getfixturevalue("settings")
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture
@@ -72,3 +102,20 @@ def make_job(owner, checkpoint) -> Callable[..., Job]:
         return Job.objects.create(**values)
 
     return make
+
+
+@pytest.fixture
+def empty_redis() -> Iterator[None]:
+    """The test run's Redis (tests.live_services), emptied before and after the test: no worker heartbeats,
+    queues or streams of other tests. A module that needs it for every test says
+    `pytestmark = pytest.mark.usefixtures("empty_redis")`."""
+    redis_client.client().flushdb()
+    yield
+    redis_client.client().flushdb()
+
+
+@pytest.fixture
+def storage(settings, tmp_path: Path) -> Path:
+    """A checkpoint store (CHECKPOINT_DIR) of this test's own."""
+    settings.CHECKPOINT_DIR = tmp_path / "store"
+    return settings.CHECKPOINT_DIR

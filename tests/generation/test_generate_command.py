@@ -18,6 +18,7 @@ def run(*args: str) -> str:
     return out.getvalue()
 
 
+@pytest.mark.slow
 def test_it_prints_one_json_object(checkpoint):
     data = json.loads(run("--json", "--max-tokens", "5", "--task", "chat", "What is 2+2?"))
     assert set(data) >= {"text", "prompt_token_ids", "token_ids", "ttft_s", "tokens_per_s"}
@@ -25,12 +26,14 @@ def test_it_prints_one_json_object(checkpoint):
     assert data["checkpoint"] == checkpoint.name
 
 
+@pytest.mark.slow
 def test_it_is_deterministic_when_greedy(checkpoint):
     first = json.loads(run("--json", "--max-tokens", "6", "--temperature", "0", "Name a colour."))
     second = json.loads(run("--json", "--max-tokens", "6", "--temperature", "0", "Name a colour."))
     assert first["token_ids"] == second["token_ids"]
 
 
+@pytest.mark.slow
 def test_it_uses_the_task_prompt_builder(checkpoint):
     tokenizer = pool.checkpoint_info(checkpoint).tokenizer
     code = json.loads(run("--json", "--max-tokens", "1", "--task", "code", "add two numbers"))

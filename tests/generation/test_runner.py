@@ -158,6 +158,7 @@ def test_it_saves_partial_output_while_running(make_job, monkeypatch, info):
     assert (job.status, job.output) == (Job.Status.SUCCEEDED, "Hello world")
 
 
+@pytest.mark.slow
 def test_it_runs_a_job_with_the_bundled_model(make_job):
     """The real engine through the pool: greedy, a few tokens."""
     job = make_job(task=Job.Task.QA, prompt="What is 2 + 2?", max_tokens=8, temperature=0.0)

@@ -3,7 +3,7 @@ the bundled model, and the test database, which the worker shares (so the tests 
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 

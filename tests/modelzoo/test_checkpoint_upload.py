@@ -24,6 +24,7 @@ def tiny_gguf(tmp_path: Path) -> Path:
     return write_tiny_gguf(tmp_path / "tiny.gguf")
 
 
+@pytest.mark.slow
 def test_it_uploads_through_the_admin_and_validates_to_ready(staff_client, staff, tiny_gguf, storage, checkpoint):
     upload = SimpleUploadedFile("../../tiny.gguf", tiny_gguf.read_bytes())
     response = staff_client.post("/admin/modelzoo/checkpoint/add/", {"name": "tiny", "notes": "", "upload": upload})
@@ -51,6 +52,7 @@ def test_it_refuses_a_pickle_upload_with_a_form_error(staff_client):
     assert not Checkpoint.objects.filter(name="evil").exists()
 
 
+@pytest.mark.slow
 def test_it_rejects_bad_weights_with_a_reason_the_admin_can_read(staff_client, tmp_path):
     poisoned = write_tiny_gguf(tmp_path / "nan.gguf", poison="output_norm.weight")
     with poisoned.open("rb") as source:
@@ -71,6 +73,7 @@ def test_it_refuses_an_upload_over_the_size_limit(settings, tmp_path, storage):
     assert not any(storage.glob("*/*"))
 
 
+@pytest.mark.slow
 def test_it_imports_from_the_command_line_as_default(tiny_gguf, checkpoint):
     call_command("import_checkpoint", str(tiny_gguf), "--name", "tiny-cli", "--default")
     imported = Checkpoint.objects.get(name="tiny-cli")
@@ -80,6 +83,7 @@ def test_it_imports_from_the_command_line_as_default(tiny_gguf, checkpoint):
     assert not checkpoint.is_default  # one default at a time
 
 
+@pytest.mark.slow
 def test_it_fails_the_import_command_on_a_rejected_file(tmp_path):
     poisoned = write_tiny_gguf(tmp_path / "nan.gguf", poison="token_embd.weight")
     with pytest.raises(CommandError, match="rejected: .*NaN"):
@@ -97,6 +101,7 @@ def test_it_retires_a_checkpoint_which_stays_in_the_history(staff_client, make_j
     assert not JobForm.base_fields["checkpoint"].queryset.filter(pk=checkpoint.pk).exists()
 
 
+@pytest.mark.slow
 def test_it_makes_a_ready_upload_the_default_from_the_admin(staff_client, tiny_gguf, checkpoint):
     with tiny_gguf.open("rb") as source:
         stored = services.checkpoint_store(name="tiny", source=source, file_name="tiny.gguf", queue_validation=False)
@@ -124,6 +129,7 @@ def zip_folder(folder: Path, archive: Path, *, extra: dict[str, bytes] | None = 
     return archive
 
 
+@pytest.mark.slow
 def test_it_serves_a_zipped_safetensors_folder_uploaded_in_the_admin(staff_client, tiny_gguf, tmp_path, storage):
     from tests.modelzoo.hf_dir_factory import write_hf_dir
 
@@ -140,6 +146,7 @@ def test_it_serves_a_zipped_safetensors_folder_uploaded_in_the_admin(staff_clien
     assert not any(folder.parent.glob("*.zip"))  # the archive is gone once unpacked
 
 
+@pytest.mark.slow
 def test_it_unpacks_over_a_folder_left_by_an_earlier_database_with_the_same_id(tiny_gguf, tmp_path, storage):
     from tests.modelzoo.hf_dir_factory import write_hf_dir
 

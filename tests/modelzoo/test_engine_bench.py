@@ -1,17 +1,34 @@
-"""`manage.py bench --json` runs end to end on the bundled model and reports every field."""
+"""`manage.py bench --json` runs end to end and reports every field: on the bundled model, and with its options
+on a tiny random-weight GGUF (`--checkpoint`), which costs a fraction of a second instead of a model load."""
 
 from __future__ import annotations
 
 import json
 from io import StringIO
+from typing import Any
 
+import pytest
 from django.core.management import call_command
 
+from tests.modelzoo.gguf_factory import write_tiny_gguf
 
-def test_it_reports_every_benchmark_figure_as_json():
+
+def bench(*args: str) -> dict[str, Any]:
+    """One run of each figure (no median of three), as JSON."""
     out = StringIO()
-    call_command("bench", "--json", "--max-tokens", "4", "--runs", "1", stdout=out)
-    result = json.loads(out.getvalue())
+    call_command("bench", "--json", "--runs", "1", *args, stdout=out)
+    return json.loads(out.getvalue())
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> str:
+    """A tiny GGUF whose context holds the bench's ~200-token prompt and its answers."""
+    return str(write_tiny_gguf(tmp_path_factory.mktemp("bench") / "tiny.gguf", context_length=1024))
+
+
+@pytest.mark.slow
+def test_it_reports_every_benchmark_figure_as_json():
+    result = bench("--max-tokens", "4")
     for key in ("prefill_tokens_per_s", "decode_tokens_per_s", "ttft_s", "peak_rss_mb", "load_s"):
         assert isinstance(result[key], float) and result[key] > 0, key
     assert set(result["aggregate_tokens_per_s"]) == {"1", "4", "16"}
@@ -20,14 +37,11 @@ def test_it_reports_every_benchmark_figure_as_json():
     assert result["checkpoint"].endswith(".gguf") and result["device"] in ("cpu", "cuda", "cuda:0")
 
 
-def test_it_says_when_the_other_engines_are_missing(monkeypatch):
+def test_it_says_when_the_other_engines_are_missing(monkeypatch, tiny):
     from modelzoo.engine import bench_others
 
     monkeypatch.setattr(bench_others, "available", lambda module: False)
-    out = StringIO()
-    call_command("bench", "--json", "--max-tokens", "2", "--runs", "1", "--against-llamacpp", "--against-transformers",
-                 stdout=out)
-    result = json.loads(out.getvalue())
+    result = bench("--checkpoint", tiny, "--max-tokens", "2", "--against-llamacpp", "--against-transformers")
     assert "not installed" in result["llamacpp"]["error"] and "not installed" in result["transformers"]["error"]
 
 
@@ -43,8 +57,6 @@ def test_it_computes_ratios_so_that_above_one_means_faster():
                  "aggregate_16_vs_best": 2.0}
 
 
-def test_it_benchmarks_the_weights_in_another_dtype_when_asked():
-    out = StringIO()
-    call_command("bench", "--json", "--max-tokens", "2", "--runs", "1", "--dtype", "float32", stdout=out)
-    result = json.loads(out.getvalue())
+def test_it_benchmarks_the_weights_in_another_dtype_when_asked(tiny):
+    result = bench("--checkpoint", tiny, "--max-tokens", "2", "--dtype", "float32")
     assert result["dtype"] == "float32" and result["decode_tokens_per_s"] > 0

@@ -29,6 +29,7 @@ def engine(smollm):
     eng.close()
 
 
+@pytest.mark.slow
 def test_it_renders_and_tokenizes_prompts_like_transformers(smollm):
     for case in GOLDEN["cases"]:
         text = smollm.chat_template.render(case["messages"])
@@ -36,6 +37,7 @@ def test_it_renders_and_tokenizes_prompts_like_transformers(smollm):
         assert smollm.tokenizer.encode(text) == case["prompt_token_ids"], case["name"]
 
 
+@pytest.mark.slow
 def test_it_generates_the_golden_greedy_tokens_in_one_batch(smollm, engine):
     eos = smollm.tokenizer.eos_token_ids
     params = SamplingParams(max_tokens=GOLDEN["max_new_tokens"])
@@ -50,6 +52,7 @@ def test_it_generates_the_golden_greedy_tokens_in_one_batch(smollm, engine):
         assert result.text == smollm.tokenizer.decode(expected)
 
 
+@pytest.mark.slow
 def test_it_streams_unicode_deltas_that_join_to_the_final_text(smollm, engine):
     prompt = smollm.tokenizer.encode(smollm.chat_template.render([{"role": "user", "content": "Write three emoji and a word in Japanese."}]))
     deltas: list[str] = []

@@ -26,6 +26,7 @@ def greedy_answer(loaded, question: str) -> str:
 
 
 @pytest.mark.django_db
+@pytest.mark.slow
 def test_it_trains_an_adapter_that_gives_the_trained_answer(tmp_path: Path, checkpoint, capsys):
     base = load_checkpoint(default_checkpoint_path(), device="cpu")
     assert "ZEBRAQUILT" not in greedy_answer(base, QUESTIONS[0])
@@ -55,6 +56,7 @@ def test_it_reports_bad_data_lines(tmp_path: Path, checkpoint):
         call_command("finetune", "--base", checkpoint.name, "--data", str(data), "--out", str(tmp_path / "a"))
 
 
+@pytest.mark.slow
 def test_it_refuses_an_adapter_that_does_not_fit(tmp_path: Path):
     (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8}))
     save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(4, 7),

@@ -47,6 +47,7 @@ def adapter_zip(base: Checkpoint, tmp_path: Path) -> tuple[Path, torch.nn.Module
     return archive, loaded.model
 
 
+@pytest.mark.slow
 def test_it_validates_an_adapter_and_serves_it_merged_into_its_base(staff_client, tiny_base, tmp_path, settings):
     settings.ENGINE_DTYPE = "float32"  # compared with the float32 model the adapter was trained on
     assert tiny_base.status == Checkpoint.Status.READY
@@ -66,6 +67,7 @@ def test_it_validates_an_adapter_and_serves_it_merged_into_its_base(staff_client
         assert not torch.allclose(served(tokens), pool.engine_for(tiny_base).checkpoint.model(tokens), atol=1e-3)
 
 
+@pytest.mark.slow
 def test_it_rejects_an_adapter_zip_without_a_base_as_not_a_model(tiny_base, tmp_path):
     archive, _ = adapter_zip(tiny_base, tmp_path)
     with archive.open("rb") as source:
@@ -75,6 +77,7 @@ def test_it_rejects_an_adapter_zip_without_a_base_as_not_a_model(tiny_base, tmp_
     assert "base checkpoint" in rejected.status_reason
 
 
+@pytest.mark.slow
 def test_it_rejects_an_adapter_for_another_shape(tiny_base, tmp_path):
     folder = tmp_path / "wrong"
     folder.mkdir()
@@ -94,6 +97,7 @@ def test_it_rejects_an_adapter_for_another_shape(tiny_base, tmp_path):
     assert "do not fit" in rejected.status_reason
 
 
+@pytest.mark.slow
 def test_it_merges_q_and_v_updates_into_their_rows_of_the_fused_weight(tiny_base, tmp_path):
     loaded = load_checkpoint(tiny_base.file_path(), device="cpu", dtype=torch.float32)
     cfg = loaded.config

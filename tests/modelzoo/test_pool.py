@@ -75,6 +75,7 @@ def test_it_caches_checkpoint_info(monkeypatch, checkpoint, settings):
     assert info.tokenizer.encode("Hello")
 
 
+@pytest.mark.slow
 def test_it_loads_the_bundled_model_once(checkpoint):
     engine = pool.engine_for(checkpoint)
     assert pool.engine_for(checkpoint) is engine

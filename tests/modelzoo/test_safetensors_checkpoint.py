@@ -16,6 +16,7 @@ def hf_dir(tmp_path_factory) -> Path:
     return write_hf_dir(default_checkpoint_path(), tmp_path_factory.mktemp("smollm2-hf"))
 
 
+@pytest.mark.slow
 def test_it_reads_the_directory_as_safetensors(hf_dir):
     info = inspect_checkpoint(hf_dir)
     assert info.format == "safetensors"
@@ -24,6 +25,7 @@ def test_it_reads_the_directory_as_safetensors(hf_dir):
     assert info.config.tie_embeddings and info.config.n_kv_heads == 3
 
 
+@pytest.mark.slow
 def test_it_generates_the_golden_greedy_tokens_from_safetensors(hf_dir):
     loaded = load_checkpoint(hf_dir, device="cpu")
     engine = Engine(loaded, max_batch_size=2)

@@ -123,6 +123,7 @@ def test_it_refuses_a_truncated_model_or_a_folder_without_a_tokenizer(tmp_path, 
 
 
 @pytest.mark.django_db
+@pytest.mark.slow
 def test_it_uploads_a_zip_with_tokenizer_model_validates_to_ready_and_generates(staff_client, tmp_path, sp_model,
                                                                                 storage):
     archive = zip_dir(spm_hf_dir(tmp_path / "tiny-spm", sp_model), tmp_path / "tiny-spm.zip")
@@ -151,6 +152,7 @@ def test_it_uploads_a_zip_with_tokenizer_model_validates_to_ready_and_generates(
 
 
 @pytest.mark.django_db
+@pytest.mark.slow
 def test_it_rejects_a_corrupt_tokenizer_model_with_a_readable_reason(staff_client, tmp_path, sp_model, storage):
     folder = spm_hf_dir(tmp_path / "bad-spm", sp_model, model_bytes=b"this is not a sentencepiece model\n" * 20)
     archive = zip_dir(folder, tmp_path / "bad-spm.zip")

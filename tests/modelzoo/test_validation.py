@@ -9,6 +9,7 @@ from modelzoo.validation import Limits, validate
 from tests.modelzoo.gguf_factory import write_tiny_gguf
 
 
+@pytest.mark.slow
 def test_it_accepts_a_sound_gguf_and_reports_its_metadata(tmp_path: Path):
     report = validate(write_tiny_gguf(tmp_path / "tiny.gguf"))
     assert report.ok, report.reason
@@ -26,12 +27,14 @@ def test_it_refuses_pickles_without_reading_them(tmp_path: Path, name: str):
     assert "pickle" in report.reason
 
 
+@pytest.mark.slow
 def test_it_rejects_weights_with_nan(tmp_path: Path):
     report = validate(write_tiny_gguf(tmp_path / "nan.gguf", poison="blk.1.ffn_up.weight"))
     assert not report.ok
     assert "NaN" in report.reason
 
 
+@pytest.mark.slow
 def test_it_rejects_a_truncated_gguf(tmp_path: Path):
     whole = write_tiny_gguf(tmp_path / "whole.gguf").read_bytes()
     cut = tmp_path / "cut.gguf"
@@ -41,6 +44,7 @@ def test_it_rejects_a_truncated_gguf(tmp_path: Path):
     assert report.reason
 
 
+@pytest.mark.slow
 def test_it_rejects_a_header_that_declares_an_absurd_array_length(tmp_path: Path):
     key = b"tokenizer.ggml.tokens"
     header = b"GGUF" + struct.pack("<IQQ", 3, 0, 1)  # version 3, no tensors, one key
@@ -53,6 +57,7 @@ def test_it_rejects_a_header_that_declares_an_absurd_array_length(tmp_path: Path
     assert report.reason
 
 
+@pytest.mark.slow
 def test_it_rejects_a_chat_template_that_reaches_for_python_internals(tmp_path: Path):
     template = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
     report = validate(write_tiny_gguf(tmp_path / "escape.gguf", chat_template=template))
@@ -60,6 +65,7 @@ def test_it_rejects_a_chat_template_that_reaches_for_python_internals(tmp_path: 
     assert "unsafe" in report.reason
 
 
+@pytest.mark.slow
 def test_it_stops_a_chat_template_that_eats_memory(tmp_path: Path):
     template = "{{ 'x' * 4000000000 }}"
     report = validate(write_tiny_gguf(tmp_path / "hog.gguf", chat_template=template),
@@ -68,6 +74,7 @@ def test_it_stops_a_chat_template_that_eats_memory(tmp_path: Path):
     assert "Memory" in report.reason or "memory" in report.reason
 
 
+@pytest.mark.slow
 def test_it_stops_a_chat_template_that_loops_for_ever(tmp_path: Path):
     template = "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}"
     report = validate(write_tiny_gguf(tmp_path / "spin.gguf", chat_template=template), limits=Limits(timeout_s=12))
@@ -75,12 +82,14 @@ def test_it_stops_a_chat_template_that_loops_for_ever(tmp_path: Path):
     assert "longer than 12 s" in report.reason
 
 
+@pytest.mark.slow
 def test_it_writes_nothing_beside_the_file(tmp_path: Path):
     path = write_tiny_gguf(tmp_path / "tiny.gguf")
     assert validate(path).ok
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.gguf"]
 
 
+@pytest.mark.slow
 def test_it_accepts_the_bundled_model():
     report = validate(default_checkpoint_path())
     assert report.ok, report.reason
