@@ -2,6 +2,8 @@
 template. Also the per-task default sampling settings the form falls back to."""
 from __future__ import annotations
 
+import re
+import secrets
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -129,10 +131,27 @@ class CheckpointInfoLike(Protocol):
 def prompt_token_ids(
     *, info: CheckpointInfoLike, task: str, prompt: str, context: str = "", options: dict | None = None
 ) -> list[int]:
-    """The job's model input as token ids, with the checkpoint's own tokenizer and chat template.
+    """The job's model input as token ids, with the checkpoint's own tokenizer and chat template. What users
+    wrote stays text: only the template's own markers become control ids.
 
     A completion (the /v1/completions API) is the caller's raw text, without any template."""
     if task == Task.COMPLETION:
-        return info.tokenizer.encode(prompt)
-    text = render_prompt(chat_template=info.chat_template, task=task, prompt=prompt, context=context, options=options)
-    return info.tokenizer.encode(text)
+        return info.tokenizer.encode(prompt, special=False)
+    messages = build_messages(task=task, prompt=prompt, context=context, options=options)
+    if not any(info.tokenizer.mentions_special(message["content"]) for message in messages):
+        return info.tokenizer.encode(info.chat_template.render(messages, add_generation_prompt=True))
+    return info.tokenizer.encode_parts(_template_and_text_parts(info.chat_template, messages))
+
+
+def _template_and_text_parts(chat_template: ChatTemplateLike, messages: list[Message]) -> list[tuple[str, bool]]:
+    """The rendered prompt split into the template's text (special: True) and the messages' contents (False):
+    rendered with an unguessable mark in place of each content, then split at the marks."""
+    nonce = secrets.token_hex(8)
+    marked = [{**message, "content": f"\ue000{nonce}:{i}\ue001"} for i, message in enumerate(messages)]
+    text = chat_template.render(marked, add_generation_prompt=True)
+    parts: list[tuple[str, bool]] = []
+    position = 0
+    for match in re.finditer(f"\ue000{nonce}:(\\d+)\ue001", text):
+        parts += [(text[position:match.start()], True), (messages[int(match.group(1))]["content"], False)]
+        position = match.end()
+    return [*parts, (text[position:], True)]

@@ -22,6 +22,7 @@ from generation.fleet import queues
 from generation.models import Job
 from llmsite import redis_client
 from modelzoo import pool
+from modelzoo.engine.text_stream import generate_text
 from modelzoo.models import Checkpoint
 
 logger = logging.getLogger(__name__)
@@ -197,9 +198,9 @@ def _job_progress_save(*, job: Job, progress: _Progress) -> bool:
 
 
 def _generate_watched(
-    *, job: Job, engine: Any, prompt_ids: list[int], params: Any, deadline: float
+    *, job: Job, engine: Any, tokenizer: Any, prompt_ids: list[int], params: Any, deadline: float
 ) -> tuple[Any, datetime | None]:
-    """Run Engine.generate in a helper thread while this thread saves progress and watches for cancellation.
+    """Run generate_text in a helper thread while this thread saves progress and watches for cancellation.
 
     The thread listens on the job's cancel channel (job_cancel publishes there), so a Stop reaches the
     engine's should_cancel at once, i.e. before its next decode step; the partial output is saved every
@@ -214,10 +215,12 @@ def _generate_watched(
 
     def target() -> None:
         try:
-            box["result"] = engine.generate(
+            box["result"] = generate_text(
+                engine,
+                tokenizer,
                 prompt_ids,
                 params,
-                on_token=progress.on_token,
+                on_text=progress.on_token,
                 should_cancel=progress.cancel.is_set,
                 deadline=deadline,
             )
@@ -276,8 +279,8 @@ def job_run(*, job_id: int, redelivered: bool = False) -> Job | None:
         if not only_ours.update(**final, finished_at=timezone.now(), lease_expires_at=None) and "output" in final:
             # Cancelled by the user while running: keep the text produced so far on the cancelled row.
             Job.objects.filter(pk=job.pk, status=Job.Status.CANCELLED, attempts=job.attempts).update(
-                **{name: value for name, value in final.items() if name not in ("status", "error")},
-                finish_reason="cancelled")
+                **{**{name: value for name, value in final.items() if name not in ("status", "error")},
+                   "finish_reason": "cancelled"})
 
     _on_fresh_connection(save, what=f"job {job.pk}: final save")
     return _on_fresh_connection(lambda: _job_stream_end(job_id=job.pk), what=f"job {job.pk}: end of stream")
@@ -296,7 +299,7 @@ def _job_generate(*, job: Job) -> dict[str, Any]:
         with pool.serving(job.checkpoint) as engine:  # resident, and not evicted while this job runs
             generation_started = timezone.now()
             result, first_token_seen = _generate_watched(
-                job=job, engine=engine, prompt_ids=prompt_ids, params=params, deadline=deadline
+                job=job, engine=engine, tokenizer=info.tokenizer, prompt_ids=prompt_ids, params=params, deadline=deadline
             )
     except Exception as exc:
         logger.exception("Job %s failed", job.pk)

@@ -19,8 +19,13 @@ class FakeResult:
 
 
 class FakeTokenizer:
-    def encode(self, text: str) -> list[int]:
+    """One id per character (its code point)."""
+
+    def encode(self, text: str, *, special: bool = True) -> list[int]:
         return [ord(c) for c in text]
+
+    def mentions_special(self, text: str) -> bool:
+        return False
 
     def decode(self, ids: list[int]) -> str:
         return "".join(chr(i) for i in ids)
@@ -48,8 +53,15 @@ class FakeInfo:
     chat_template: FakeChatTemplate = field(default_factory=FakeChatTemplate)
 
 
+def push_text(on_token: Callable[[int], Any], text: str) -> None:
+    """Feed `text` to an engine's on_token callback as FakeTokenizer's ids."""
+    for character in text:
+        on_token(ord(character))
+
+
 class FakeEngine:
-    """Records each generate() call and answers with `result`, or runs `behaviour(**call)` instead."""
+    """Speaks ids like the Engine: records each generate() call, feeds `result.text` to on_token as FakeTokenizer
+    ids and answers with `result`, or runs `behaviour(**call)` instead."""
 
     def __init__(self, result: FakeResult | None = None, behaviour: Callable[..., Any] | None = None) -> None:
         self.result = result or FakeResult()
@@ -63,7 +75,7 @@ class FakeEngine:
         if self.behaviour is not None:
             return self.behaviour(**call)
         if on_token is not None:
-            on_token(self.result.text)
+            push_text(on_token, self.result.text)
         return self.result
 
     def close(self) -> None:

@@ -10,7 +10,7 @@ from django.db import connection
 
 from generation import runner
 from generation.models import Job
-from tests.generation.fakes import FakeEngine, FakeInfo, FakeResult
+from tests.generation.fakes import FakeEngine, FakeInfo, FakeResult, push_text
 
 pytestmark = pytest.mark.django_db
 
@@ -111,7 +111,7 @@ def test_it_stops_generating_when_the_job_is_cancelled(make_job, monkeypatch, in
     job = make_job()
 
     def cancelled_midway(*, on_token, should_cancel, **call):
-        on_token("Par")
+        push_text(on_token, "Par")
         Job.objects.filter(pk=job.pk).update(status=Job.Status.CANCELLED)  # as services.job_cancel would
         connection.close()  # this thread's own connection
         deadline = time.monotonic() + 10
@@ -136,9 +136,9 @@ def test_it_saves_partial_output_while_running(make_job, monkeypatch, info):
     release = threading.Event()
 
     def slow(*, on_token, **call):
-        on_token("Hello")
+        push_text(on_token, "Hello")
         release.wait(5)
-        on_token(" world")
+        push_text(on_token, " world")
         return FakeResult(text="Hello world", token_ids=[1, 2])
 
     use_engine(monkeypatch, FakeEngine(behaviour=slow))

@@ -29,7 +29,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         checkpoint = self._checkpoint(options["checkpoint"], options["task"])
-        from modelzoo.engine import SamplingParams
+        from modelzoo.engine import SamplingParams, generate_text
 
         task = options["task"]
         defaults = prompts.TASK_DEFAULTS[task]
@@ -56,7 +56,7 @@ class Command(BaseCommand):
         load_started = time.monotonic()
         engine = pool.engine_for(checkpoint)
         load_s = time.monotonic() - load_started
-        result = engine.generate(prompt_ids, params)
+        result = generate_text(engine, pool.checkpoint_info(checkpoint).tokenizer, prompt_ids, params)
         if options["json"]:
             self.stdout.write(json.dumps({
                 "checkpoint": checkpoint.name,
