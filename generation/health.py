@@ -1,5 +1,5 @@
-"""Liveness checks behind /healthz: the database, Redis and the Celery workers, each with a short timeout;
-beside them what each live worker holds (checkpoints, memory) and the depth of every queue."""
+"""Liveness checks behind /healthz: the database, Redis, the Celery workers and jobs past their deadline, each
+with a short timeout; beside them what each live worker holds (checkpoints, memory) and the queue depths."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,6 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connection
 
+from generation import selectors
 from generation.fleet.overview import workers_overview
 from llmsite import redis_client
 
@@ -27,6 +28,19 @@ def check_redis() -> dict[str, Any]:
     except Exception as exc:
         return {"ok": False, "error": str(exc)}
     return {"ok": True}
+
+
+def check_jobs() -> dict[str, Any]:
+    """Jobs past their deadline: running past the time limit plus a minute, or with an expired lease (its
+    worker is gone and the reconciler has not yet put it back). Not ok while there are any."""
+    try:
+        overdue = selectors.jobs_overdue().count()
+    except Exception as exc:
+        return {"ok": False, "overdue": None, "error": str(exc)}
+    result: dict[str, Any] = {"ok": overdue == 0, "overdue": overdue}
+    if overdue:
+        result["error"] = f"{overdue} job(s) past their deadline"
+    return result
 
 
 def check_workers() -> dict[str, Any]:
@@ -56,6 +70,8 @@ def workers_and_queues() -> tuple[list[dict[str, Any]], dict[str, int]]:
 
 def health() -> tuple[bool, dict[str, Any]]:
     checks = {"database": check_database(), "redis": check_redis()}
+    checks["jobs"] = check_jobs() if checks["database"]["ok"] else {"ok": False, "overdue": None,
+                                                                     "error": "database is down"}
     # Without Redis no worker can answer; skip the broadcast instead of waiting for its timeout.
     checks["workers"] = check_workers() if checks["redis"]["ok"] else {
         "ok": False, "count": 0, "names": [], "error": "redis is down",

@@ -5,6 +5,7 @@ from typing import Any
 
 from datetime import timedelta
 
+from django.conf import settings
 from django.db.models import Count, Min, Q, QuerySet
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
@@ -48,6 +49,17 @@ def jobs_in_fair_order(*, checkpoint_id: int, first: int | None = None, limit: i
                    .values("owner_id").annotate(n=Count("id")).values_list("owner_id", "n"))
     order = sorted(heads, key=lambda row: (running.get(row[0], 0), row[1] != first, row[1]))
     return [head for _, head in order[:limit]]
+
+
+#: A running job is overdue this long after its time limit (the engine's deadline plus its final save).
+OVERDUE_MARGIN = timedelta(minutes=1)
+
+
+def jobs_overdue() -> QuerySet[Job]:
+    """Running jobs past their time limit plus OVERDUE_MARGIN, or whose lease expired."""
+    now = timezone.now()
+    late = now - timedelta(seconds=settings.JOB_TIME_LIMIT_S) - OVERDUE_MARGIN
+    return Job.objects.filter(status=Job.Status.RUNNING).filter(Q(started_at__lt=late) | Q(lease_expires_at__lt=now))
 
 
 def job_queue_position(*, job: Job) -> int | None:

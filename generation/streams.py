@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import redis
+from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import connection
 
 from llmsite import redis_client
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 #: A finished job whose stream has no end entry this long after finishing gets its end from the database
@@ -109,6 +114,50 @@ async def read_events(
                     if kind == "end":
                         positions.pop(key, None)
                         break
+    finally:
+        await conn.aclose()
+
+
+async def db_read(read: Callable[..., T], /, **kwargs: Any) -> T:
+    """Run a database read for a long-lived stream on a connection that is closed right after, so an open
+    stream holds a database connection only for the milliseconds of each read, never while it follows Redis."""
+
+    def read_and_close() -> T:
+        try:
+            return read(**kwargs)
+        finally:
+            connection.close()
+
+    return await sync_to_async(read_and_close, thread_sensitive=False)()
+
+
+#: Open streams (job pages and streamed API answers) of one user, as a Redis counter.
+def open_streams_key(user_id: int) -> str:
+    return f"llmsite:streams:{user_id}"
+
+
+async def stream_open(*, user_id: int) -> bool:
+    """Count one more open stream of the user; False (and nothing counted) past STREAMS_PER_USER. The key
+    expires an hour after the last opening, so a count a crash left behind heals itself."""
+    conn = redis_client.async_client()
+    key = open_streams_key(user_id)
+    try:
+        opened = await conn.incr(key)
+        await conn.expire(key, 3600)
+        if opened > settings.STREAMS_PER_USER:
+            await conn.decr(key)
+            return False
+        return True
+    finally:
+        await conn.aclose()
+
+
+async def stream_close(*, user_id: int) -> None:
+    conn = redis_client.async_client()
+    try:
+        await conn.decr(open_streams_key(user_id))
+    except redis.RedisError as exc:
+        logger.warning("Open-stream count of user %s not lowered: %s", user_id, exc)
     finally:
         await conn.aclose()
 

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
+from django.db import connection
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
@@ -120,9 +121,15 @@ async def job_stream(request: HttpRequest, job_id: int) -> StreamingHttpResponse
     queue position while it waits, and at the end the stored job (the same JSON as /jobs/<id>.json)."""
     user = await request.auser()
     job = await sync_to_async(selectors.job_get_for_user)(user=user, job_id=job_id)
+    await sync_to_async(lambda: connection.close())()  # the request's own connection: not held while the stream is open
+    if not await streams.stream_open(user_id=user.pk):
+        response = HttpResponse(f"Too many open streams: at most {settings.STREAMS_PER_USER} per user. Close some "
+                                "job pages and try again.", status=429, content_type="text/plain")
+        response["Retry-After"] = "5"
+        return response
     last_id = request.headers.get("Last-Event-ID", "")
     response = StreamingHttpResponse(
-        _job_events(job_id=job.pk, last_id=last_id if _EVENT_ID.match(last_id) else "0"),
+        _job_events(job_id=job.pk, user_id=user.pk, last_id=last_id if _EVENT_ID.match(last_id) else "0"),
         content_type="text/event-stream",
     )
     response["X-Accel-Buffering"] = "no"  # proxies: do not buffer the stream
@@ -133,9 +140,17 @@ def _job_state_now(job_id: int) -> dict:
     return _job_state(Job.objects.select_related("checkpoint").get(pk=job_id))
 
 
-async def _job_events(*, job_id: int, last_id: str) -> AsyncIterator[bytes]:
+async def _job_events(*, job_id: int, user_id: int, last_id: str) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in _job_events_counted(job_id=job_id, last_id=last_id):
+            yield chunk
+    finally:
+        await streams.stream_close(user_id=user_id)
+
+
+async def _job_events_counted(*, job_id: int, last_id: str) -> AsyncIterator[bytes]:
     yield b"retry: 1000\n\n"
-    state = await sync_to_async(_job_state_now)(job_id=job_id)
+    state = await streams.db_read(_job_state_now, job_id=job_id)
     if state["queue_position"] is not None:
         yield streams.sse(event="queued", data={"position": state["queue_position"]})
     async for _, entry_id, kind, value in streams.read_events(job_ids=[job_id], last_id=last_id):
@@ -144,11 +159,11 @@ async def _job_events(*, job_id: int, last_id: str) -> AsyncIterator[bytes]:
         elif kind == "start":
             yield streams.sse(event="start", data={"attempt": int(value)}, id=entry_id)
         elif kind == "end":
-            yield streams.sse(event="end", data=await sync_to_async(_job_state_now)(job_id=job_id), id=entry_id)
+            yield streams.sse(event="end", data=await streams.db_read(_job_state_now, job_id=job_id), id=entry_id)
             return
         else:  # idle: nothing new for a while
             try:
-                state = await sync_to_async(_job_state_now)(job_id=job_id)
+                state = await streams.db_read(_job_state_now, job_id=job_id)
             except Job.DoesNotExist:
                 return
             if state["queue_position"] is not None:

@@ -30,6 +30,8 @@ os.environ.setdefault("CELERY_RESTORE_INTERVAL_S", "1")
 os.environ["CHECKPOINT_DIR"] = str(VAR / "test-checkpoints")  # uploads made by tests stay out of the real store
 # Playwright's sync API runs an event loop in the test thread; the ORM calls of the tests are still sync.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+# The stream tests open many streams of one user (50 readers of one job); the cap itself is tested at this value.
+os.environ.setdefault("STREAMS_PER_USER", "60")
 
 _redis: subprocess.Popen | None = None
 

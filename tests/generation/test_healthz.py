@@ -36,9 +36,27 @@ def test_it_is_ok_when_everything_answers(client, monkeypatch):
         "status": "ok",
         "database": {"ok": True},
         "redis": {"ok": True},
+        "jobs": {"ok": True, "overdue": 0},
         "workers": {"ok": True, "count": 1, "names": ["worker1@host"], "live": []},
         "queues": {"celery": 0},
     }
+
+
+def test_it_fails_while_a_job_is_past_its_deadline(client, monkeypatch, make_job, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    monkeypatch.setattr(celery_app.control, "inspect",
+                        lambda **kwargs: FakeInspect({"worker1@host": {"ok": "pong"}}))
+    now = timezone.now()
+    make_job(status="running", started_at=now, lease_expires_at=now + timedelta(seconds=30))  # fine
+    make_job(status="running", started_at=now - timedelta(seconds=settings.JOB_TIME_LIMIT_S + 120),
+             lease_expires_at=now + timedelta(seconds=30))  # ran far past its limit
+    make_job(status="running", started_at=now, lease_expires_at=now - timedelta(seconds=1))  # its worker is gone
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json()["jobs"] == {"ok": False, "overdue": 2, "error": "2 job(s) past their deadline"}
 
 
 def test_it_shows_what_each_live_worker_holds_and_the_queue_depths(client, monkeypatch, checkpoint):
