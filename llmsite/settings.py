@@ -5,9 +5,12 @@ The small `env*` helpers reject malformed values with ImproperlyConfigured inste
 from __future__ import annotations
 
 import os
+import re
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -72,7 +75,8 @@ VAR_DIR = Path(envstr("LLMSITE_VAR_DIR", str(BASE_DIR / "var")))
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 # --- Core --------------------------------------------------------------------------------------------------
-SECRET_KEY = envstr("SECRET_KEY", "dev-only-insecure-secret-key-change-me-in-production")
+# The "django-insecure-" prefix of the default makes `manage.py check --deploy` flag a server started without one.
+SECRET_KEY = envstr("SECRET_KEY", "django-insecure-dev-only-secret-key-change-me-in-production")
 DEBUG = envbool("DEBUG", False)
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
@@ -85,6 +89,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
+    "axes",
     # generation first: its commands (generate) win over a same-named one of modelzoo.
     "generation",
     "modelzoo",
@@ -92,6 +97,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -99,6 +105,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a sign-in refused for too many failures into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "llmsite.urls"
@@ -152,6 +160,61 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/jobs/new/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
+# Sign-in throttling (django-axes): LOGIN_FAILURE_LIMIT wrong passwords for one username from one client address
+# lock that pair out for LOGIN_LOCKOUT_S; other users at the same address (an office behind one NAT) and the same
+# user elsewhere still sign in. The lockout answer is the sign-in page with the time it lifts, HTTP 429.
+# The address is REMOTE_ADDR: behind a proxy, let the server set it from X-Forwarded-For (uvicorn
+# --forwarded-allow-ips, gunicorn forwarded_allow_ips). API keys and force_login never pass through here.
+AUTHENTICATION_BACKENDS = [
+    "generation.accounts.throttling.LoginThrottleBackend",  # refuses a locked-out pair before the password check
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = envint("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(seconds=envint("LOGIN_LOCKOUT_S", 15 * 60, minimum=1))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_LOCKOUT_CALLABLE = "generation.accounts.throttling.lockout_response"
+AXES_HTTP_RESPONSE_CODE = 429
+AXES_RESET_ON_SUCCESS = True
+# Tries during a lockout are refused without counting, so the lock lifts at the time the page said.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+# Throttling needs only the failed attempts; no row per successful sign-in.
+AXES_DISABLE_ACCESS_LOG = True
+
+# --- Security headers and HTTPS ---------------------------------------------------------------------------
+# Content-Security-Policy (django-csp) on every response: scripts and styles from our own static files only, so
+# the templates hold no inline <script>, on...= handler or style= attribute. The admin passes it too: Django
+# 5.2's admin loads every script from a file (its data rides on data- attributes); its one inline <style>
+# (a change list with no actions at all) only sets a column width, and none of our change lists lacks actions.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],  # the admin's stylesheets use a few data: images
+        "connect-src": [SELF],  # the job page's EventSource and fetch
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    },
+}
+# The defaults serve plain http on one machine; production behind TLS sets these (README "Production settings").
+SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", False)
+# Probes and scrapers on the inside may speak plain http.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
+SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", False)
+SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", False)
+CSRF_COOKIE_SECURE = envbool("CSRF_COOKIE_SECURE", False)
+# The header a TLS-terminating proxy sets to "https" (e.g. X-Forwarded-Proto); unset = no proxy is trusted.
+_PROXY_SSL_HEADER = envstr("SECURE_PROXY_SSL_HEADER", "")
+if _PROXY_SSL_HEADER and not re.fullmatch(r"[A-Za-z0-9_-]+", _PROXY_SSL_HEADER):
+    raise ImproperlyConfigured(
+        f"SECURE_PROXY_SSL_HEADER={_PROXY_SSL_HEADER!r} is not a header name (e.g. X-Forwarded-Proto)"
+    )
+_PROXY_SSL_META = "HTTP_" + _PROXY_SSL_HEADER.upper().replace("-", "_").removeprefix("HTTP_")
+SECURE_PROXY_SSL_HEADER = (_PROXY_SSL_META, "https") if _PROXY_SSL_HEADER else None
 
 # --- I18N / static -----------------------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
@@ -170,7 +233,8 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
+    # axes: its warnings (repeated failures, lockouts) only, not a line per handled attempt.
+    "loggers": {"django.db.backends": {"level": "INFO"}, "axes": {"level": "WARNING"}},
 }
 
 # --- Jobs --------------------------------------------------------------------------------------------------
@@ -180,6 +244,10 @@ JOB_TIME_LIMIT_S = envint("JOB_TIME_LIMIT_S", 600, minimum=1)
 # How many deliveries a job may get: a redelivered running job (its worker died) is re-claimed while its
 # attempts are below this, and failed "worker lost N times" after.
 JOB_MAX_ATTEMPTS = envint("JOB_MAX_ATTEMPTS", 3, minimum=1)
+# A running job's worker renews its lease every third of this; a job whose lease expired is queued again (or
+# failed after JOB_MAX_ATTEMPTS) by the reconciler, which one live worker runs every RECONCILE_INTERVAL_S.
+JOB_LEASE_S = envint("JOB_LEASE_S", 30, minimum=3)
+RECONCILE_INTERVAL_S = envint("RECONCILE_INTERVAL_S", 15, minimum=1)
 JOBS_PER_PAGE = envint("JOBS_PER_PAGE", 20, minimum=1)
 # Jobs one worker process runs at once; they share the resident Engine's batch (used by runsite).
 WORKER_CONCURRENCY = envint("WORKER_CONCURRENCY", 4, minimum=1)
@@ -262,6 +330,8 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = envint("FILE_UPLOAD_MAX_MEMORY_SIZE", 8 * 1024**2,
 # --- Streams and the /v1 API ---------------------------------------------------------------------------------
 #: How long a finished job's token stream stays in Redis (late or reconnecting readers replay it).
 STREAM_TTL_S = envint("STREAM_TTL_S", 3600, minimum=1)
+# Open token streams (job pages, streamed API answers) one user may hold at once; past it 429.
+STREAMS_PER_USER = envint("STREAMS_PER_USER", 20, minimum=1)
 #: A worker counts as alive while its last heartbeat (every WORKER_HEARTBEAT_TTL_S / 3) is this recent.
 WORKER_HEARTBEAT_TTL_S = envint("WORKER_HEARTBEAT_TTL_S", 15, minimum=3)
 #: /v1 requests one user may make per minute (0 = no limit).
@@ -270,3 +340,9 @@ API_RATE_LIMIT_PER_MIN = envint("API_RATE_LIMIT_PER_MIN", 60, minimum=0)
 API_MAX_ACTIVE_JOBS_PER_USER = envint("API_MAX_ACTIVE_JOBS_PER_USER", 16, minimum=0)
 #: Queued jobs of all users before /v1 answers 429 (0 = no limit).
 QUEUE_MAX_LENGTH = envint("QUEUE_MAX_LENGTH", 1000, minimum=0)
+
+# --- /metrics ------------------------------------------------------------------------------------------------
+#: A Bearer token that may read /metrics (a Prometheus scraper); empty = staff users only.
+METRICS_TOKEN = envstr("METRICS_TOKEN", "")
+#: The histograms of queue wait, time to first token and tokens/s cover the jobs created this many seconds back.
+METRICS_WINDOW_S = envint("METRICS_WINDOW_S", 3600, minimum=60)
