@@ -10,9 +10,14 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 run: setup migrate
 	$(PY) manage.py runsite
 
-# Everything: unit, slow, integration (real Redis and Celery workers) and browser tests.
+# Everything: unit, slow, integration (real Redis and Celery workers) and browser tests; then the tests about
+# PostgreSQL against a local one when it answers (POSTGRES_TEST_URL), since SQLite cannot show what they check.
+POSTGRES_TEST_URL ?= postgres://postgres@127.0.0.1:5432/llmsite
 test: setup browser
 	$(PY) -m pytest
+	@if $(PY) -c "import psycopg, sys; psycopg.connect(sys.argv[1].rsplit('/', 1)[0] + '/postgres', connect_timeout=2).close()" "$(POSTGRES_TEST_URL)" 2>/dev/null; \
+	then DATABASE_URL=$(POSTGRES_TEST_URL) $(PY) -m pytest -m postgres; \
+	else echo "No PostgreSQL at $(POSTGRES_TEST_URL): the PostgreSQL-only tests were skipped."; fi
 
 # The unit tests without the slow ones (no bundled model loaded, no worker process, no browser).
 test-fast: setup

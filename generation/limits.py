@@ -174,10 +174,10 @@ def admission() -> Iterator[None]:
             pass
 
 
-def check_quotas(*, user: Any, n: int, source: str) -> None:
+def check_quotas(*, user: Any, n: int, require_worker: bool = False) -> None:
     """Raise QuotaExceeded when `n` more jobs of `user` would pass the per-minute rate, the user's unfinished
-    jobs or the queue's length (web and API alike), or, for the API, whose clients wait for the answer, when
-    no worker is alive. Call it inside admission()."""
+    jobs or the queue's length (web and API alike), or, with `require_worker` (the API, whose clients wait for
+    the answer), when no worker is alive. Call it inside admission()."""
     limit = settings.API_RATE_LIMIT_PER_MIN
     if limit:
         since = timezone.now() - timedelta(minutes=1)
@@ -191,6 +191,6 @@ def check_quotas(*, user: Any, n: int, source: str) -> None:
     limit = settings.QUEUE_MAX_LENGTH
     if limit and Job.objects.filter(status=Job.Status.QUEUED).count() + n > limit:
         raise QuotaExceeded("The job queue is full; try again later", code="queue_full")
-    if source == Job.Source.API and not registry.live_count():
+    if require_worker and not registry.live_count():
         raise QuotaExceeded("No worker is available to serve the request; try again later", code="no_worker",
                             status=503)

@@ -66,11 +66,12 @@ def job_create(
     return job
 
 
-def jobs_submit(*, owner: Any, source: str = Job.Source.WEB, inputs: list[dict[str, Any]]) -> list[Job]:
+def jobs_submit(*, owner: Any, source: str = Job.Source.WEB, inputs: list[dict[str, Any]],
+                require_worker: bool = False) -> list[Job]:
     """Create one queued job per entry of `inputs` (job_create's keyword arguments) if the quotas allow all of
     them, else raise limits.QuotaExceeded; the check and the inserts happen under one admission lock."""
     with limits.admission():
-        limits.check_quotas(user=owner, n=len(inputs), source=source)
+        limits.check_quotas(user=owner, n=len(inputs), require_worker=require_worker)
         return [job_create(owner=owner, source=source, **fields) for fields in inputs]
 
 

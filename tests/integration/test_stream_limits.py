@@ -49,6 +49,7 @@ async def read(client: httpx.AsyncClient, url: str) -> tuple[int, str]:
     return 200, text
 
 
+@pytest.mark.postgres
 def test_200_concurrent_streams_get_the_text_or_a_429(web, owner, finished_job):
     client = Client()
     client.force_login(owner)
