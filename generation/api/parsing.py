@@ -1,9 +1,14 @@
-"""Reading an OpenAI request body into a GenerationRequest: every parameter checked against generation.limits,
-400 naming the parameter, 404 for an unknown model, 400 context_length_exceeded."""
+"""Reading an OpenAI request body into a GenerationRequest: the JSON itself (400 invalid_json, nested too
+deeply, strings that are not valid Unicode or hold NUL), then every parameter checked against
+generation.limits, 400 naming the parameter, 404 for an unknown model, 400 context_length_exceeded."""
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from django.core.validators import ProhibitNullCharactersValidator
 
 from generation import limits
 from generation.api.errors import ApiError
@@ -13,6 +18,57 @@ from modelzoo.models import Checkpoint
 ROLES = ("system", "user", "assistant")
 #: max_tokens when the request gives none (OpenAI's completions default is 16), trimmed to what fits.
 DEFAULT_MAX_TOKENS = {Job.Task.CHAT: 256, Job.Task.COMPLETION: 16}
+
+
+#: How deep a request body's arrays and objects may nest (chat content parts are 5 levels deep). json.loads
+#: itself gives up (RecursionError) somewhere past a thousand levels.
+MAX_JSON_DEPTH = 64
+#: What the new-job form says of a NUL character (Django's CharField refuses them), said here too.
+NULL_CHARACTERS_MESSAGE = str(ProhibitNullCharactersValidator.message)
+
+
+def read_json(raw: bytes) -> Any:
+    """The request body as JSON: 400 `invalid_json` when it does not parse or nests deeper than MAX_JSON_DEPTH,
+    400 naming the parameter (`messages[0].content`, `stop[1]`) for a string that is not valid Unicode (a lone
+    surrogate such as "\\ud800", which JSON can escape but no text can hold) or that holds a NUL character."""
+    try:
+        body = json.loads(raw or b"null")
+    except RecursionError:
+        raise ApiError(400, f"The request body nests arrays or objects too deeply (at most {MAX_JSON_DEPTH} "
+                            "levels)", code="invalid_json") from None
+    except ValueError as exc:  # JSONDecodeError, bytes that are not UTF-8, integers past Python's digit limit
+        raise ApiError(400, f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+    for param, text in _strings(body):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ApiError(400, f"Invalid '{param}': not valid Unicode (a lone surrogate, "
+                                f"U+{ord(text[exc.start]):04X}, at character {exc.start}).", param=param,
+                           code="invalid_value") from None
+        if "\x00" in text:
+            raise ApiError(400, f"Invalid '{param}': {NULL_CHARACTERS_MESSAGE}", param=param, code="invalid_value")
+    return body
+
+
+def _strings(body: Any) -> Iterator[tuple[str, str]]:
+    """(parameter path, string) of every string in the body, object keys included (named by their object),
+    in document order; raises 400 past MAX_JSON_DEPTH. Iterative, so no depth can exhaust Python's stack."""
+    stack: list[tuple[Any, str, int]] = [(body, "", 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if isinstance(value, (dict, list)) and depth >= MAX_JSON_DEPTH:
+            raise ApiError(400, f"The request body nests arrays or objects too deeply (at most {MAX_JSON_DEPTH} "
+                                "levels)", code="invalid_json")
+        if isinstance(value, dict):
+            children = []
+            for key, item in value.items():
+                yield path or "body", key
+                children.append((item, f"{path}.{key}" if path else key, depth + 1))
+            stack.extend(reversed(children))
+        elif isinstance(value, list):
+            stack.extend(reversed([(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]))
+        elif isinstance(value, str):
+            yield path or "body", value
 
 
 @dataclass
@@ -109,8 +165,8 @@ def parse_request(body: Any, *, task: str) -> GenerationRequest:
         stop = [stop]
     if stop is not None and (not isinstance(stop, list) or len(stop) > limits.MAX_STOP_STRINGS
                              or not all(isinstance(s, str) for s in stop)):
-        raise ApiError(400, f"'stop' must be a string or an array of at most {limits.MAX_STOP_STRINGS} strings", param="stop",
-                       code="invalid_value")
+        raise ApiError(400, f"'stop' must be a string or an array of at most {limits.MAX_STOP_STRINGS} strings",
+                       param="stop", code="invalid_value")
     if stop:
         options["stop"] = stop
     temperature = _number(body, "temperature", 1.0, limits.TEMPERATURE)

@@ -9,8 +9,9 @@ import pytest
 
 from generation import services
 from generation.fleet import registry
-from llmsite import redis_client
 from generation.models import Job
+from llmsite import redis_client
+from tests.live_services import WorkerProcess, database_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -143,14 +144,14 @@ def test_it_answers_429_when_the_user_has_too_many_unfinished_jobs(client, model
         make_job(status=Job.Status.RUNNING)
     with pytest.raises(openai.RateLimitError) as error:
         client.completions.create(model=model_name, prompt="hi", max_tokens=4)
-    assert error.value.status_code == 429
+    assert error.value.status_code == 429 and error.value.response.headers["retry-after"] == "5"
 
 
 def test_it_answers_503_when_no_worker_is_alive(client, model_name):
     redis_client.client().delete(registry.WORKERS_KEY)
     with pytest.raises(openai.InternalServerError) as error:
         client.completions.create(model=model_name, prompt="hi", max_tokens=4)
-    assert error.value.status_code == 503
+    assert error.value.status_code == 503 and error.value.response.headers["retry-after"] == "10"
     assert Job.objects.count() == 0
 
 
@@ -171,3 +172,75 @@ def test_it_cancels_the_job_when_the_client_disconnects_mid_stream(web, secret, 
     job = wait_for_job(job_id, until=lambda job: job.finish_reason == "cancelled", timeout_s=60)
     assert job.status == Job.Status.CANCELLED
     assert job.output and job.completion_tokens < 64
+
+
+@pytest.fixture
+def hasty_worker(transactional_db, checkpoint):
+    """A real worker whose jobs may run for 1 s (JOB_TIME_LIMIT_S), once it holds the model."""
+    from django.db import connection
+
+    redis_client.client().flushdb()
+    process = WorkerProcess(database_url(connection.settings_dict), name="worker1", env={"JOB_TIME_LIMIT_S": "1"})
+    process.start()
+    deadline = time.monotonic() + 180
+    while "is resident" not in process.log():
+        assert time.monotonic() < deadline, process.log()
+        time.sleep(0.2)
+    yield process
+    process.stop()
+
+
+def test_it_answers_a_job_that_ran_out_of_time_once_without_retries(web, secret, model_name, owner, hasty_worker):
+    # The official client with its default retries (2): a 5xx without x-should-retry: false would make 3 jobs.
+    client = openai.OpenAI(base_url=f"{web.url}/v1", api_key=secret, timeout=120)
+    assert client.max_retries == 2
+    started = time.monotonic()
+    with pytest.raises(openai.InternalServerError) as error:
+        client.completions.create(model=model_name, prompt="1, 2, 3, 4, 5,", max_tokens=1000, temperature=0)
+    assert error.value.status_code == 504 and error.value.code == "job_failed"
+    assert error.value.response.headers["x-should-retry"] == "false"
+    assert "time limit exceeded" in error.value.message
+    job = Job.objects.get(owner=owner)  # exactly one job: the client did not try again
+    assert (job.status, job.finish_reason) == (Job.Status.FAILED, "timeout")
+    assert error.value.response.headers["x-job-ids"] == str(job.pk)
+    assert time.monotonic() - started < 30  # no retry back-off was waited either
+
+
+def test_it_answers_a_repeated_idempotency_key_with_the_first_jobs_reply(client, model_name, owner, warm_worker):
+    request = {"model": model_name, "messages": [{"role": "user", "content": "Name a colour."}],
+               "max_tokens": 8, "temperature": 0}
+    first = client.chat.completions.with_raw_response.create(**request, extra_headers={"Idempotency-Key": "k-1"})
+    again = client.chat.completions.with_raw_response.create(**request, extra_headers={"Idempotency-Key": "k-1"})
+    job = Job.objects.get(owner=owner)
+    assert first.headers["x-job-ids"] == again.headers["x-job-ids"] == str(job.pk)
+    assert again.headers["idempotent-replayed"] == "true"
+    first, again = first.parse(), again.parse()
+    assert again.id == first.id and again.choices[0].message.content == first.choices[0].message.content == job.output
+
+    # The same key with another request is refused; a new key makes a new job.
+    with pytest.raises(openai.UnprocessableEntityError) as error:
+        client.chat.completions.create(**{**request, "max_tokens": 9}, extra_headers={"Idempotency-Key": "k-1"})
+    assert error.value.code == "idempotency_key_reused"
+    stream = client.chat.completions.create(**request, stream=True, extra_headers={"Idempotency-Key": "k-2"})
+    streamed = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    replay = client.chat.completions.create(**request, stream=True, extra_headers={"Idempotency-Key": "k-2"})
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in replay if chunk.choices) == streamed
+    assert Job.objects.filter(owner=owner).count() == 2
+
+
+def test_it_answers_bad_requests_with_json_under_uvicorn(web, secret, model_name):
+    auth = {"Authorization": f"Bearer {secret}"}
+    chat = {"model": model_name, "messages": [{"role": "user", "content": "hi"}]}
+    cases = [
+        (413, "request_too_large", {"json": {**chat, "messages": [{"role": "user", "content": "x" * 3_000_000}]}}),
+        (415, "unsupported_media_type", {"content": b"{}", "headers": {"Content-Type": "text/plain"}}),
+        (400, "invalid_json", {"content": b"[" * 20_000 + b"]" * 20_000,
+                               "headers": {"Content-Type": "application/json"}}),
+    ]
+    for status, code, request in cases:
+        response = httpx.post(f"{web.url}/v1/chat/completions", timeout=60,
+                              **{**request, "headers": {**auth, **request.get("headers", {})}})
+        assert (response.status_code, response.headers["content-type"]) == (status, "application/json")
+        assert response.json()["error"]["code"] == code
+    response = httpx.get(f"{web.url}/v1/embeddings", headers=auth)
+    assert response.status_code == 404 and response.json()["error"]["code"] == "unknown_url"
