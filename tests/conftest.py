@@ -1,5 +1,5 @@
-"""Shared unit-level fixtures: an owner, another user, their signed-in clients, the bundled checkpoint, jobs, an
-empty Redis and a checkpoint store of the test's own; and the markers the folders give their tests."""
+"""Shared fixtures: an owner, another user, their signed-in clients, the owner's API key, the bundled checkpoint,
+jobs, an empty Redis and a checkpoint store of the test's own; and the markers the folders give their tests."""
 from __future__ import annotations
 
 import importlib
@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from django.test import Client
 
+from generation import services
 from generation.models import Job
 from llmsite import redis_client
 from modelzoo.models import Checkpoint
@@ -75,6 +76,12 @@ def other_client(other) -> Client:
 @pytest.fixture
 def staff_client(staff) -> Client:
     return signed_in(staff)
+
+
+@pytest.fixture
+def secret(owner) -> str:
+    """The owner's API key, in clear (as shown once on the account page)."""
+    return services.api_key_create(owner=owner, name="tests")[1]
 
 
 @pytest.fixture
