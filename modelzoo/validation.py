@@ -81,27 +81,27 @@ def _check(path: Path, base: Path | None = None) -> Report:
     """The checks themselves (run in the child): headers, tokenizer, template, weights, a smoke generation."""
     import torch
 
-    from modelzoo.engine import Engine, SamplingParams, inspect_checkpoint, load_checkpoint
+    from modelzoo.engine import CheckpointError, Engine, SamplingParams, inspect_checkpoint, load_checkpoint
     from modelzoo.engine.lora import merge_adapter
 
     info = inspect_checkpoint(base or path)
     prompt = info.chat_template.render([{"role": "user", "content": "Say hello."}], add_generation_prompt=True)
     prompt_ids = info.tokenizer.encode(prompt)
     if not prompt_ids:
-        raise ValueError("the tokenizer encoded the chat prompt as nothing")
+        raise CheckpointError("the tokenizer encoded the chat prompt as nothing")
     loaded = load_checkpoint(base or path, device="cpu")
     if base is not None:
         merge_adapter(loaded.model, path)
     for name, tensor in loaded.model.state_dict().items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise ValueError(f"weight {name} holds NaN or Inf values")
+            raise CheckpointError(f"weight {name} holds NaN or Inf values")
     engine = Engine(loaded, max_batch_size=1, max_seq_len=min(info.config.max_seq_len, len(prompt_ids) + SMOKE_TOKENS))
     try:
         result = engine.generate(prompt_ids, SamplingParams(max_tokens=SMOKE_TOKENS))
     finally:
         engine.close()
     if not all(0 <= token < info.config.vocab_size for token in result.token_ids):
-        raise ValueError("the smoke generation produced token ids outside the vocabulary")
+        raise CheckpointError("the smoke generation produced token ids outside the vocabulary")
     return Report(
         ok=True, format="lora" if base else info.format, architecture=getattr(info.config, "arch", "llama"),
         quantization=info.quantization, parameter_count=info.parameter_count,
@@ -110,9 +110,13 @@ def _check(path: Path, base: Path | None = None) -> Report:
 
 
 def _main(argv: list[str]) -> int:
+    from modelzoo.engine import CheckpointError
+
     try:
         report = _check(Path(argv[0]), Path(argv[1]) if len(argv) > 1 else None)
-    except Exception as error:  # every failure of a hostile file is a rejection with its reason
+    except CheckpointError as error:  # a check that failed says what is wrong in its own words
+        report = Report(ok=False, reason=str(error)[:2000])
+    except Exception as error:  # anything else a hostile file breaks is a rejection too, named by its type
         message = str(error) or type(error).__name__
         report = Report(ok=False, reason=f"{type(error).__name__}: {message}"[:2000])
     sys.stdout.write("\n" + json.dumps(report.__dict__) + "\n")

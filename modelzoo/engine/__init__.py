@@ -10,6 +10,7 @@ from .checkpoint import (
 )
 from .config import ModelConfig
 from .engine import Engine, GenerationResult
+from .errors import CheckpointError
 from .model import Transformer
 from .sampling import SamplingParams
 from .tokenizer import Tokenizer
@@ -22,6 +23,7 @@ def context_window(checkpoint: LoadedCheckpoint | CheckpointInfo) -> int:
 
 __all__ = [
     "ChatTemplate",
+    "CheckpointError",
     "CheckpointInfo",
     "Engine",
     "GenerationResult",

@@ -12,18 +12,18 @@ import json
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import gguf_format
+from . import gguf_format, packed_linear
 from .chat_template import ChatTemplate
 from .config import ModelConfig
-from . import packed_linear
-from .model import Transformer, fuse_layer, fuse_top, load_strict
-from .quantize import check_mode, quantize_state_dict, swap_linears
+from .errors import CheckpointError
+from .loading import assemble, load_strict
+from .model import Transformer
+from .quantize import check_mode, swap_linears
 from .threads import in_throwaway_thread
 from .tokenizer import Tokenizer, tokenizer_from_gguf, tokenizer_from_hf_dir
 
@@ -67,7 +67,7 @@ def checkpoint_format(path: str | Path) -> str:
         return "gguf"
     if path.is_dir() and (path / "config.json").is_file() and any(path.glob("*.safetensors")):
         return "safetensors"
-    raise ValueError(f"{path}: neither a GGUF file nor a directory with config.json and *.safetensors")
+    raise CheckpointError(f"{path}: neither a GGUF file nor a directory with config.json and *.safetensors")
 
 
 def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
@@ -107,10 +107,12 @@ def _inspect_gguf(path: Path) -> tuple[CheckpointInfo, Any]:
         qkv_bias="blk.0.attn_q.bias" in names,
     )
     tokenizer = tokenizer_from_gguf(meta)
+    eos_text = ""
     if "tokenizer.ggml.eos_token_id" in meta:
-        eos_text = meta["tokenizer.ggml.tokens"][int(meta["tokenizer.ggml.eos_token_id"])]
-    else:
-        eos_text = ""
+        eos_id, vocab = int(meta["tokenizer.ggml.eos_token_id"]), meta["tokenizer.ggml.tokens"]
+        if not 0 <= eos_id < len(vocab):
+            raise CheckpointError(f"tokenizer.ggml.eos_token_id is {eos_id}, outside the {len(vocab)}-token vocabulary")
+        eos_text = vocab[eos_id]
     special = _special_token_texts(tokenizer)
     special["eos_token"] = eos_text or special.get("eos_token", "")
     info = CheckpointInfo(
@@ -176,45 +178,6 @@ class LoadedCheckpoint:
     quantization: str | None = None  # weight-only quantization of the Linear layers (quantize.py)
 
 
-def _assemble(
-    tensors: Iterable[tuple[str, torch.Tensor]], cfg: ModelConfig, *, quantization: str | None, dtype: torch.dtype
-) -> dict[str, torch.Tensor]:
-    """Fuse, quantize and cast each layer as soon as all its tensors have arrived.
-
-    Only one layer's float32 weights are alive at a time beyond the result (GGUF files
-    store tensors layer by layer), which keeps the load's peak memory near the final size.
-    """
-    per_layer = 9 + (3 if cfg.qkv_bias else 0)
-    pending: dict[int, dict[str, torch.Tensor]] = {}
-    state: dict[str, torch.Tensor] = {}
-
-    def finish(part: dict[str, torch.Tensor], *, tie: bool = False) -> None:
-        part = quantize_state_dict(part, quantization, dtype=dtype, tie_embeddings=tie)
-        for k, v in part.items():
-            assert k not in state, f"duplicate tensor {k}"
-            state[k] = v.to(dtype) if v.is_floating_point() else v
-
-    for name, tensor in tensors:
-        if not name.startswith("layers."):
-            assert name not in state, f"duplicate tensor {name}"
-            state[name] = tensor
-            continue
-        i = int(name.split(".", 2)[1])
-        part = pending.setdefault(i, {})
-        assert name not in part, f"duplicate tensor {name}"
-        part[name] = tensor
-        if len(part) == per_layer:
-            fuse_layer(part, i, cfg)
-            finish(pending.pop(i))
-    for i, part in pending.items():  # incomplete layers: fusing raises a KeyError naming what is missing
-        fuse_layer(part, i, cfg)
-        finish(part)
-    fuse_top(state, cfg)
-    top = {k: state.pop(k) for k in [k for k in state if not k.startswith("layers.")]}
-    finish(top, tie=cfg.tie_embeddings)
-    return state
-
-
 def release_freed_memory() -> None:
     """Give the memory the load freed (each layer's float32 copy) back to the system: glibc
     keeps freed heap memory for reuse, ~100 MB here, and the process's peak grew by as much."""
@@ -269,13 +232,14 @@ def _load_in_a_throwaway_thread(
     if info.format == "gguf":
         reader = gguf_format.open_reader(path)
         tensors = gguf_format.iter_tensors(reader, arch=cfg.arch, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads)
-        state = _assemble(tensors, cfg, quantization=quantization, dtype=dtype)
+        state = assemble(tensors, cfg, quantization=quantization, dtype=dtype, file_name=gguf_format.file_name)
         del reader, tensors
     else:
         from . import safetensors_format
 
         whole = safetensors_format.read_state_dict(path)
-        state = _assemble(((k, whole.pop(k)) for k in list(whole)), cfg, quantization=quantization, dtype=dtype)
+        state = assemble(((k, whole.pop(k)) for k in list(whole)), cfg, quantization=quantization, dtype=dtype,
+                         file_name=safetensors_format.file_name)
     with torch.device("meta"):
         model = swap_linears(Transformer(cfg), quantization, dtype=dtype)
     load_strict(model, state, device=dev, dtype=dtype)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from .errors import CheckpointError
+
 
 @dataclass
 class ModelConfig:
@@ -23,6 +25,17 @@ class ModelConfig:
     arch: str = "llama"
 
     def __post_init__(self) -> None:
+        # Checked, not asserted: these values come from a checkpoint's metadata.
+        for name in ("vocab_size", "dim", "n_layers", "n_heads", "max_seq_len"):
+            if getattr(self, name) <= 0:
+                raise CheckpointError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("n_kv_heads", "hidden_dim", "head_dim"):  # 0 means "derive it"
+            if getattr(self, name) < 0:
+                raise CheckpointError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.rope_theta > 0:
+            raise CheckpointError(f"rope_theta must be positive, got {self.rope_theta}")
+        if not self.norm_eps >= 0:
+            raise CheckpointError(f"norm_eps must not be negative, got {self.norm_eps}")
         if self.n_kv_heads == 0:
             self.n_kv_heads = self.n_heads
         if self.head_dim == 0:
@@ -30,8 +43,13 @@ class ModelConfig:
         if self.hidden_dim == 0:
             hidden = int(2 * (4 * self.dim) / 3)
             self.hidden_dim = 256 * ((hidden + 255) // 256)
-        assert self.n_heads % self.n_kv_heads == 0, "n_heads must be a multiple of n_kv_heads"
-        assert self.head_dim % 2 == 0, "rotary needs an even head_dim"
+        if self.n_heads % self.n_kv_heads != 0:
+            raise CheckpointError(
+                f"n_heads ({self.n_heads}) is not a multiple of n_kv_heads ({self.n_kv_heads}): "
+                "grouped-query attention shares each key/value head among a whole number of query heads"
+            )
+        if self.head_dim == 0 or self.head_dim % 2 != 0:
+            raise CheckpointError(f"head_dim is {self.head_dim}; rotary embeddings need a positive even head_dim")
 
     @property
     def n_rep(self) -> int:
@@ -49,22 +67,34 @@ class ModelConfig:
     @classmethod
     def from_hf_config(cls, cfg: dict[str, Any]) -> ModelConfig:
         """From a Hugging Face config.json (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)."""
-        model_type = cfg.get("model_type", "llama")
-        n_heads = int(cfg["num_attention_heads"])
+        if not isinstance(cfg, dict):
+            raise CheckpointError("config.json is not a JSON object")
+        model_type = str(cfg.get("model_type", "llama"))
+
+        def number(key: str, default: Any = None, kind: type = int) -> Any:
+            value = cfg.get(key, default)
+            if value is None:
+                raise CheckpointError(f"config.json has no {key!r}")
+            try:
+                return kind(value)
+            except (TypeError, ValueError):
+                raise CheckpointError(f"config.json {key!r} is {value!r}, not a number") from None
+
+        n_heads = number("num_attention_heads")
         return cls(
             arch=model_type,
-            vocab_size=int(cfg["vocab_size"]),
-            dim=int(cfg["hidden_size"]),
-            n_layers=int(cfg["num_hidden_layers"]),
+            vocab_size=number("vocab_size"),
+            dim=number("hidden_size"),
+            n_layers=number("num_hidden_layers"),
             n_heads=n_heads,
-            n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads),
-            hidden_dim=int(cfg["intermediate_size"]),
-            max_seq_len=int(cfg.get("max_position_embeddings", 2048)),
-            rope_theta=float(cfg.get("rope_theta", 10000.0)),
-            norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
+            n_kv_heads=number("num_key_value_heads", n_heads) if cfg.get("num_key_value_heads") else n_heads,
+            hidden_dim=number("intermediate_size"),
+            max_seq_len=number("max_position_embeddings", 2048),
+            rope_theta=number("rope_theta", 10000.0, float),
+            norm_eps=number("rms_norm_eps", 1e-5, float),
             tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             qkv_bias=bool(cfg.get("attention_bias", model_type == "qwen2")),
-            head_dim=int(cfg.get("head_dim") or int(cfg["hidden_size"]) // n_heads),
+            head_dim=number("head_dim", 0) if cfg.get("head_dim") else 0,  # 0: hidden_size // n_heads, once checked
         )
 
     @classmethod

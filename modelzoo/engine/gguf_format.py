@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import CheckpointError
+
 GGUF_MAGIC = b"GGUF"
 
 log = logging.getLogger(__name__)
@@ -44,33 +46,39 @@ def read_metadata(reader: Any) -> dict[str, Any]:
 
 
 def architecture(meta: dict[str, Any]) -> str:
+    if "general.architecture" not in meta:
+        raise CheckpointError("GGUF metadata has no general.architecture")
     return str(meta["general.architecture"])
 
 
 def config_kwargs(meta: dict[str, Any]) -> dict[str, Any]:
-    """ModelConfig keyword arguments from llama.cpp metadata keys (llama, qwen2, mistral...)."""
+    """ModelConfig keyword arguments from llama.cpp metadata keys (llama, qwen2, mistral...).
+
+    Missing or non-numeric keys raise CheckpointError naming the key; ModelConfig checks the values."""
     arch = architecture(meta)
 
-    def key(name: str, default: Any = None) -> Any:
-        return meta.get(f"{arch}.{name}", default)
+    def key(name: str, default: Any = None, kind: type = int) -> Any:
+        value = meta.get(f"{arch}.{name}", default)
+        if value is None:
+            raise CheckpointError(f"GGUF metadata has no {arch}.{name}")
+        try:
+            return kind(value)
+        except (TypeError, ValueError):
+            raise CheckpointError(f"GGUF metadata {arch}.{name} is {value!r}, not a number") from None
 
-    dim = int(key("embedding_length"))
-    n_heads = int(key("attention.head_count"))
-    vocab_size = key("vocab_size")
-    if vocab_size is None:
-        vocab_size = len(meta["tokenizer.ggml.tokens"])
+    n_heads = key("attention.head_count")
     return dict(
         arch=arch,
-        vocab_size=int(vocab_size),
-        dim=dim,
-        n_layers=int(key("block_count")),
+        vocab_size=key("vocab_size", len(meta.get("tokenizer.ggml.tokens") or ())),
+        dim=key("embedding_length"),
+        n_layers=key("block_count"),
         n_heads=n_heads,
-        n_kv_heads=int(key("attention.head_count_kv", n_heads)),
-        hidden_dim=int(key("feed_forward_length")),
-        max_seq_len=int(key("context_length", 2048)),
-        rope_theta=float(key("rope.freq_base", 10000.0)),
-        norm_eps=float(key("attention.layer_norm_rms_epsilon", 1e-5)),
-        head_dim=int(key("attention.key_length", dim // n_heads)),
+        n_kv_heads=key("attention.head_count_kv", n_heads),
+        hidden_dim=key("feed_forward_length"),
+        max_seq_len=key("context_length", 2048),
+        rope_theta=key("rope.freq_base", 10000.0, float),
+        norm_eps=key("attention.layer_norm_rms_epsilon", 1e-5, float),
+        head_dim=key("attention.key_length", 0),  # 0: embedding_length // head_count, once ModelConfig checked both
     )
 
 
@@ -110,13 +118,26 @@ _TOP_NAMES = {
 }
 
 
+_GGUF_LAYER_NAMES = {ours: theirs for theirs, ours in _LAYER_NAMES.items()}
+_GGUF_TOP_NAMES = {ours: theirs for theirs, ours in _TOP_NAMES.items()}
+
+
 def _our_name(gguf_name: str) -> str:
     if gguf_name in _TOP_NAMES:
         return _TOP_NAMES[gguf_name]
     parts = gguf_name.split(".", 2)
-    if parts[0] == "blk" and len(parts) == 3 and parts[2] in _LAYER_NAMES:
-        return f"layers.{parts[1]}.{_LAYER_NAMES[parts[2]]}"
-    raise KeyError(f"unexpected GGUF tensor {gguf_name!r}")
+    if parts[0] == "blk" and len(parts) == 3 and parts[1].isdigit() and parts[2] in _LAYER_NAMES:
+        return f"layers.{int(parts[1])}.{_LAYER_NAMES[parts[2]]}"
+    raise CheckpointError(f"unexpected tensor {gguf_name!r}: not a tensor of a Llama-family decoder")
+
+
+def file_name(ours: str) -> str:
+    """The GGUF name of one of our (unfused) tensor names, for messages: 'layers.0.attention.wq.weight' ->
+    'blk.0.attn_q.weight'."""
+    if ours in _GGUF_TOP_NAMES:
+        return _GGUF_TOP_NAMES[ours]
+    _, index, rest = ours.split(".", 2)
+    return f"blk.{index}.{_GGUF_LAYER_NAMES.get(rest, rest)}"
 
 
 def unpermute_rotary(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -134,13 +155,16 @@ def unpermute_rotary(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 # llama.cpp permutes q/k only for archs whose GGML rope is the interleaved ("norm") kind;
 # qwen2 and friends use NEOX rope, which is already HF's rotate_half layout.
 PERMUTED_ROPE_ARCHS = frozenset({"llama", "mistral", "granite"})
+_ROTARY_SUFFIXES = ("attention.wq.weight", "attention.wq.bias", "attention.wk.weight", "attention.wk.bias")
 
 
 def iter_tensors(reader: Any, *, arch: str, n_heads: int, n_kv_heads: int) -> Iterator[tuple[str, torch.Tensor]]:
     """(our name, float32 tensor) one at a time in file order, dequantized and q/k un-permuted.
 
     One at a time so a loader can fuse and quantize layer by layer without holding
-    every float32 weight at once.
+    every float32 weight at once. Shapes are checked against the config by the loader
+    (loading.assemble), which names the GGUF tensor; a q/k tensor whose rows do not even
+    split into heads is passed on as it is, for that check to reject.
     """
     from gguf.quants import dequantize
 
@@ -151,14 +175,15 @@ def iter_tensors(reader: Any, *, arch: str, n_heads: int, n_kv_heads: int) -> It
         # F32 tensors come back as read-only views of the memory map: copy those.
         tensor = torch.from_numpy(np.array(array, dtype=np.float32, copy=not array.flags.writeable))
         del array
-        expected = tuple(int(n) for n in reversed(t.shape))
-        assert tuple(tensor.shape) == expected, (t.name, tensor.shape, expected)
-        if not unpermute:
-            pass
-        elif name.endswith("attention.wq.weight") or name.endswith("attention.wq.bias"):
-            tensor = unpermute_rotary(tensor, n_heads)
-        elif name.endswith("attention.wk.weight") or name.endswith("attention.wk.bias"):
-            tensor = unpermute_rotary(tensor, n_kv_heads)
+        declared = tuple(int(n) for n in reversed(t.shape))
+        if tuple(tensor.shape) != declared:
+            raise CheckpointError(
+                f"tensor {t.name!r} holds data of shape {tuple(tensor.shape)}; its header declares {declared}"
+            )
+        if unpermute and name.endswith(_ROTARY_SUFFIXES):
+            heads = n_heads if ".wq." in name else n_kv_heads
+            if tensor.shape[0] % (2 * heads) == 0:
+                tensor = unpermute_rotary(tensor, heads)
         yield name, tensor
 
 
@@ -166,6 +191,7 @@ def read_state_dict(reader: Any, *, arch: str, n_heads: int, n_kv_heads: int) ->
     """Every tensor dequantized to float32, renamed to our module names, q/k un-permuted."""
     state: dict[str, torch.Tensor] = {}
     for name, tensor in iter_tensors(reader, arch=arch, n_heads=n_heads, n_kv_heads=n_kv_heads):
-        assert name not in state, f"duplicate tensor {name}"
+        if name in state:
+            raise CheckpointError(f"duplicate tensor name {file_name(name)!r}")
         state[name] = tensor
     return state

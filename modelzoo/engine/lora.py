@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
+from .errors import CheckpointError
 from .model import Transformer
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -38,7 +39,7 @@ def _target(cfg: ModelConfig, module: str) -> tuple[str, slice]:
         "down_proj": ("feed_forward.w2", slice(None)),
     }
     if module not in table:
-        raise ValueError(f"LoRA target {module!r} is not a Llama projection")
+        raise CheckpointError(f"LoRA target {module!r} is not a Llama projection")
     return table[module]
 
 
@@ -103,13 +104,15 @@ def read_adapter(directory: Path) -> tuple[dict, dict[tuple[int, str], dict[str,
     from safetensors.torch import load_file
 
     config = json.loads((directory / ADAPTER_CONFIG).read_text())
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{ADAPTER_CONFIG} is not a JSON object")
     if config.get("peft_type", "LORA") != "LORA":
-        raise ValueError(f"adapter type {config.get('peft_type')!r} is not LoRA")
+        raise CheckpointError(f"adapter type {config.get('peft_type')!r} is not LoRA")
     pairs: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
     for key, tensor in load_file(str(directory / ADAPTER_WEIGHTS)).items():
         match = _KEY.fullmatch(key)
         if match is None:
-            raise ValueError(f"unexpected tensor {key!r} in the adapter")
+            raise CheckpointError(f"unexpected tensor {key!r} in the adapter")
         layer, _, module, which = match.groups()
         pairs.setdefault((int(layer), module), {})[which] = tensor
     return config, pairs
@@ -119,17 +122,23 @@ def read_adapter(directory: Path) -> tuple[dict, dict[tuple[int, str], dict[str,
 def merge_adapter(model: Transformer, directory: Path) -> int:
     """W += (alpha / r) * B @ A for every pair, checking shapes; returns how many weights were updated."""
     config, pairs = read_adapter(directory)
-    rank, alpha = int(config["r"]), float(config["lora_alpha"])
+    try:
+        rank, alpha = int(config["r"]), float(config["lora_alpha"])
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"adapter_config.json needs a numeric r and lora_alpha, got r={config.get('r')!r}, "
+                              f"lora_alpha={config.get('lora_alpha')!r}") from None
+    if rank <= 0:
+        raise CheckpointError(f"adapter_config.json r must be positive, got {rank}")
     for (index, module), pair in sorted(pairs.items()):
         if index >= len(model.layers) or set(pair) != {"A", "B"}:
-            raise ValueError(f"layer {index} {module}: adapter does not fit this model")
+            raise CheckpointError(f"layer {index} {module}: adapter does not fit this model")
         path, rows = _target(model.cfg, module)
         parent_name, child_name = path.split(".")
         weight = getattr(getattr(model.layers[index], parent_name), child_name).weight
         target = weight[rows]  # (out, in) view
         a, b = pair["A"], pair["B"]
         if a.shape != (rank, target.shape[1]) or b.shape != (target.shape[0], rank):
-            raise ValueError(f"layer {index} {module}: A {tuple(a.shape)} / B {tuple(b.shape)} do not fit "
+            raise CheckpointError(f"layer {index} {module}: A {tuple(a.shape)} / B {tuple(b.shape)} do not fit "
                              f"{tuple(target.shape)} at rank {rank}")
         delta = (alpha / rank) * (b.float() @ a.float())  # in float32, then rounded once to the weights' dtype
         target.copy_(target.float() + delta)

@@ -4,7 +4,7 @@ Shapes: B batch rows, T new tokens per row, S cache length, D dim, H query heads
 K key/value heads, hd head dim, F hidden (FFN) dim, V vocab.
 
 q/k/v are one fused Linear (wqkv) and gate/up one fused Linear (w13); checkpoints in
-the unfused layout are fused layer by layer (`fuse_layer`, `fuse_top`) while loading.
+the unfused layout are fused layer by layer while loading (loading.py).
 
 The forward pass takes per-row positions and an optional KV cache so that one call
 serves prefill (T = prompt length) and batched decode (T = 1, rows at different
@@ -277,42 +277,3 @@ class Transformer(nn.Module):
         if logit_index is not None:
             x = x[torch.arange(B, device=x.device), logit_index][:, None]  # (B, 1, D): only the logits we sample
         return self.output(self.norm(x)).float()  # (B, T, V)
-
-
-def fuse_layer(state: dict[str, torch.Tensor], i: int, cfg: ModelConfig) -> None:
-    """Layer i's unfused wq/wk/wv and w1/w3 -> our fused wqkv/w13, in place (the unfused copies are freed)."""
-    p = f"layers.{i}."
-    state[p + "attention.wqkv.weight"] = torch.cat([state.pop(p + f"attention.w{n}.weight") for n in "qkv"], dim=0)
-    if cfg.qkv_bias:
-        state[p + "attention.wqkv.bias"] = torch.cat([state.pop(p + f"attention.w{n}.bias") for n in "qkv"], dim=0)
-    state[p + "feed_forward.w13.weight"] = torch.cat(
-        [state.pop(p + "feed_forward.w1.weight"), state.pop(p + "feed_forward.w3.weight")], dim=0
-    )
-
-
-def fuse_top(state: dict[str, torch.Tensor], cfg: ModelConfig) -> None:
-    """Drop a stored output head that merely repeats the tied embedding table, in place."""
-    if cfg.tie_embeddings:
-        assert "output.weight" not in state or torch.equal(state["output.weight"], state["tok_embeddings.weight"])
-        state.pop("output.weight", None)
-
-
-def load_strict(model: Transformer, state: dict[str, torch.Tensor], *, device: torch.device, dtype: torch.dtype) -> None:
-    """Load a fused (and possibly quantized) state dict, asserting the key sets and every shape match exactly.
-
-    Works on a model built on the meta device (tensors are assigned, not copied into).
-    Floating tensors are cast to `dtype`; integer (quantized) tensors keep theirs.
-    """
-    tied = model.cfg.tie_embeddings and isinstance(model.output, nn.Linear)  # a quantized head has its own copy
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    if tied:
-        expected.pop("output.weight")
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    assert not missing and not unexpected, f"missing {missing[:5]}, unexpected {unexpected[:5]}"
-    for k, shape in expected.items():
-        assert tuple(state[k].shape) == tuple(shape), f"{k}: {tuple(state[k].shape)} != {tuple(shape)}"
-    cast = {k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device) for k, v in state.items()}
-    model.load_state_dict(cast, strict=False, assign=True)
-    if tied:
-        model.output.weight = model.tok_embeddings.weight

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import CheckpointError
+
 _LAYER = {
     "input_layernorm.weight": "attention_norm.weight",
     "self_attn.q_proj.weight": "attention.wq.weight",
@@ -27,6 +29,8 @@ _TOP = {
     "lm_head.weight": "output.weight",
 }
 _LAYER_RE = re.compile(r"model\.layers\.(\d+)\.(.+)")
+_HF_LAYER = {ours: theirs for theirs, ours in _LAYER.items()}
+_HF_TOP = {ours: theirs for theirs, ours in _TOP.items()}
 
 
 def our_name(hf_name: str) -> str:
@@ -34,12 +38,22 @@ def our_name(hf_name: str) -> str:
         return _TOP[hf_name]
     m = _LAYER_RE.fullmatch(hf_name)
     if m and m.group(2) in _LAYER:
-        return f"layers.{m.group(1)}.{_LAYER[m.group(2)]}"
-    raise KeyError(f"unexpected safetensors tensor {hf_name!r}")
+        return f"layers.{int(m.group(1))}.{_LAYER[m.group(2)]}"
+    raise CheckpointError(f"unexpected tensor {hf_name!r}: not a tensor of a Llama-family decoder")
+
+
+def file_name(ours: str) -> str:
+    """The Hugging Face name of one of our (unfused) tensor names, for messages."""
+    if ours in _HF_TOP:
+        return _HF_TOP[ours]
+    _, index, rest = ours.split(".", 2)
+    return f"model.layers.{index}.{_HF_LAYER.get(rest, rest)}"
 
 
 def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
-    """All *.safetensors shards in float32 under our names (rotary.inv_freq buffers are skipped)."""
+    """All *.safetensors shards in float32 under our names (rotary.inv_freq buffers are skipped).
+
+    A name in two shards raises CheckpointError; shapes are the loader's to check (loading.assemble)."""
     from safetensors.torch import load_file
 
     state: dict[str, torch.Tensor] = {}
@@ -48,6 +62,7 @@ def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
             if name.endswith("rotary_emb.inv_freq"):
                 continue
             key = our_name(name)
-            assert key not in state, f"duplicate tensor {name}"
+            if key in state:
+                raise CheckpointError(f"duplicate tensor name {name!r} (again in {file.name})")
             state[key] = tensor.float()
     return state

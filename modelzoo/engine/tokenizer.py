@@ -23,6 +23,8 @@ from typing import Any
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
+from .errors import CheckpointError
+
 # GGUF token types (same numbering as SentencePiece's piece types)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
@@ -272,11 +274,15 @@ def sentencepiece_from_gguf(meta: dict[str, Any]) -> SentencePieceTokenizer:
 
 def tokenizer_from_gguf(meta: dict[str, Any]) -> Tokenizer:
     kind = meta.get("tokenizer.ggml.model")
+    if kind in ("gpt2", "llama") and not meta.get("tokenizer.ggml.tokens"):
+        raise CheckpointError("GGUF metadata has no tokenizer.ggml.tokens")
+    if kind == "gpt2" and "tokenizer.ggml.merges" not in meta:
+        raise CheckpointError("GGUF metadata has no tokenizer.ggml.merges for its gpt2 tokenizer")
     if kind == "gpt2":
         return byte_level_from_gguf(meta)
     if kind == "llama":
         return sentencepiece_from_gguf(meta)
-    raise ValueError(f"unsupported GGUF tokenizer model {kind!r} (supported: gpt2, llama)")
+    raise CheckpointError(f"unsupported GGUF tokenizer model {kind!r} (supported: gpt2, llama)")
 
 
 # --- Hugging Face directory builders ---------------------------------------------
@@ -298,14 +304,14 @@ def tokenizer_from_hf_dir(directory: Path, *, eos_token_ids: frozenset[int], bos
     cfg_path = directory / "tokenizer_config.json"
     cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
     if not isinstance(cfg, dict):
-        raise ValueError("tokenizer_config.json is not a JSON object")
+        raise CheckpointError("tokenizer_config.json is not a JSON object")
     if (directory / "tokenizer.json").is_file():
         return _tokenizers_from_hf_dir(directory, cfg, eos_token_ids=eos_token_ids, bos_token_id=bos_token_id)
     if (directory / "tokenizer.model").is_file():
         return sentencepiece_from_model_file(
             directory / "tokenizer.model", cfg, eos_token_ids=eos_token_ids, bos_token_id=bos_token_id
         )
-    raise ValueError("no tokenizer: the folder needs tokenizer.json or a SentencePiece tokenizer.model")
+    raise CheckpointError("no tokenizer: the folder needs tokenizer.json or a SentencePiece tokenizer.model")
 
 
 def _tokenizers_from_hf_dir(
@@ -326,7 +332,7 @@ def _load_sentencepiece(path: Path) -> Any:
 
     size = path.stat().st_size
     if size > MAX_SENTENCEPIECE_BYTES:
-        raise ValueError(f"tokenizer.model is {size} bytes; a SentencePiece model is at most {MAX_SENTENCEPIECE_BYTES}")
+        raise CheckpointError(f"tokenizer.model is {size} bytes; a SentencePiece model is at most {MAX_SENTENCEPIECE_BYTES}")
     processor = spm.SentencePieceProcessor()
     try:
         processor.LoadFromSerializedProto(path.read_bytes())
@@ -334,9 +340,9 @@ def _load_sentencepiece(path: Path) -> Any:
         detail = str(error).strip().removeprefix("INTERNAL:").strip()
         if "ParseFromArray" in detail:
             detail = "it does not parse as a ModelProto"
-        raise ValueError(f"tokenizer.model is not a valid SentencePiece model ({detail})") from error
+        raise CheckpointError(f"tokenizer.model is not a valid SentencePiece model ({detail})") from error
     if processor.get_piece_size() == 0:
-        raise ValueError("tokenizer.model holds no pieces")
+        raise CheckpointError("tokenizer.model holds no pieces")
     return processor
 
 

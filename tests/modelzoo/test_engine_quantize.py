@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from modelzoo.engine import Engine, SamplingParams, load_checkpoint
-from modelzoo.engine.model import Transformer, load_strict
+from modelzoo.engine.loading import load_strict
+from modelzoo.engine.model import Transformer
 from modelzoo.engine.quantize import Int4Linear, Int8Linear, quantize_state_dict, swap_linears
 from tests.modelzoo.gguf_factory import write_tiny_gguf
 from tests.modelzoo.test_engine_support import tiny_checkpoint

@@ -35,6 +35,13 @@ def test_it_rejects_weights_with_nan(tmp_path: Path):
 
 
 @pytest.mark.slow
+def test_it_rejects_a_checkpoint_that_fails_a_check_with_its_reason_alone(tmp_path: Path):
+    report = validate(write_tiny_gguf(tmp_path / "heads.gguf", n_heads=4, n_kv_heads=3))
+    assert not report.ok
+    assert report.reason.startswith("n_heads (4) is not a multiple of n_kv_heads (3)")
+
+
+@pytest.mark.slow
 def test_it_rejects_a_truncated_gguf(tmp_path: Path):
     whole = write_tiny_gguf(tmp_path / "whole.gguf").read_bytes()
     cut = tmp_path / "cut.gguf"
