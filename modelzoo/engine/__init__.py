@@ -11,7 +11,7 @@ from .checkpoint import (
 from .config import ModelConfig
 from .engine import Engine, GenerationResult
 from .errors import CheckpointError
-from .model import Transformer
+from .model import Step, Transformer
 from .sampling import SamplingParams
 from .tokenizer import Tokenizer
 
@@ -30,6 +30,7 @@ __all__ = [
     "LoadedCheckpoint",
     "ModelConfig",
     "SamplingParams",
+    "Step",
     "Tokenizer",
     "Transformer",
     "context_window",

@@ -4,7 +4,8 @@ Callers in any thread call `generate()`, which queues a request and blocks until
 is finished. Between decode steps the engine thread retires finished requests
 (freeing their cache slot) and admits waiting ones (one batched prefill for all
 newcomers); each decode step runs every active request in one forward pass, each
-row at its own position.
+row at its own position. Each forward pass gets one model.Step (positions, slots,
+mask, caches) built here.
 
 Memory: the KV cache is per layer (slots, n_kv_heads, max_seq_len, head_dim) for k
 and v. By default max_seq_len is min(context length, 1024) and the cache is float16
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .checkpoint import LoadedCheckpoint
+from .model import KVCache, Step
 from .sampling import SamplingParams, find_stop, make_generator, safe_prefix_len, sample
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,26 @@ class GenerationResult:
     elapsed_s: float
     tokens_per_s: float  # decode tokens/s after the first token
     batch_size: int  # the largest batch this request ran in
+
+
+def prefill_step(lengths: torch.Tensor, slots: torch.Tensor, caches: list[KVCache]) -> Step:
+    """The Step of one padded prefill: B prompts of `lengths` (B,) padded to T = max length, written to
+    cache `slots` (B,) at positions 0..T-1; only each prompt's last position gives logits."""
+    B, T = lengths.shape[0], int(lengths.max())
+    j = torch.arange(T, device=lengths.device)
+    # query t of row b sees keys j <= t inside its own prompt; padded positions are never read later
+    # because decode overwrites them before attending to them.
+    mask = (j[None, None, :] <= j[None, :, None]) & (j[None, None, :] < lengths[:, None, None])  # (B, T, T)
+    return Step(positions=j.expand(B, T), slots=slots, mask=mask[:, None], caches=caches, logit_index=lengths - 1)
+
+
+def decode_step(positions: torch.Tensor, slots: torch.Tensor, caches: list[KVCache], *, first_slots: bool) -> Step:
+    """The Step of one decode step: row b's one new token goes to cache slot slots[b] at positions[b] (B,),
+    and attends to its positions 0..positions[b]."""
+    S = int(positions.max()) + 1
+    mask = torch.arange(S, device=positions.device)[None, :] <= positions[:, None]  # (B, S)
+    return Step(positions=positions[:, None], slots=slots, mask=mask[:, None, None, :], caches=caches,
+                first_slots=first_slots)
 
 
 @dataclass
@@ -213,18 +235,12 @@ class Engine:
 
     def _prefill(self, reqs: list[_Request]) -> None:
         """One padded forward over all newcomers' prompts, writing their cache slots."""
-        lengths = torch.tensor([len(r.prompt_ids) for r in reqs], device=self.device)
-        T = int(lengths.max())
-        tokens = torch.zeros(len(reqs), T, dtype=torch.long, device=self.device)
+        lengths = torch.tensor([len(r.prompt_ids) for r in reqs], device=self.device)  # (B,)
+        tokens = torch.zeros(len(reqs), int(lengths.max()), dtype=torch.long, device=self.device)  # (B, T)
         for i, r in enumerate(reqs):
             tokens[i, : len(r.prompt_ids)] = torch.tensor(r.prompt_ids)
-        positions = torch.arange(T, device=self.device).expand(len(reqs), T)  # (B, T)
-        j = torch.arange(T, device=self.device)
-        # query t of row b sees keys j <= t inside its own prompt; padded positions are never read later
-        # because decode overwrites them before attending to them.
-        mask = (j[None, None, :] <= j[None, :, None]) & (j[None, None, :] < lengths[:, None, None])  # (B, T, T)
-        slots = torch.tensor([r.slot for r in reqs], device=self.device)
-        logits = self.model(tokens, positions, caches=self.caches, slots=slots, mask=mask[:, None], logit_index=lengths - 1)
+        slots = torch.tensor([r.slot for r in reqs], device=self.device)  # (B,)
+        logits = self.model(tokens, prefill_step(lengths, slots, self.caches))  # (B, 1, V)
         self._accept(reqs, logits[:, 0])
 
     def _decode(self, reqs: list[_Request]) -> None:
@@ -235,13 +251,9 @@ class Engine:
         for r in reqs:
             r.batch_size = max(r.batch_size, B)
         tokens = torch.tensor([[r.out_ids[-1]] for r in reqs], device=self.device)  # (B, 1)
-        pos = torch.tensor([r.position for r in reqs], device=self.device)  # (B,)
-        S = int(pos.max()) + 1
-        mask = torch.arange(S, device=self.device)[None, :] <= pos[:, None]  # (B, S)
-        slots = torch.tensor([r.slot for r in reqs], device=self.device)
-        logits = self.model(
-            tokens, pos[:, None], caches=self.caches, slots=slots, mask=mask[:, None, None, :], first_slots=packed
-        )
+        positions = torch.tensor([r.position for r in reqs], device=self.device)  # (B,)
+        slots = torch.tensor([r.slot for r in reqs], device=self.device)  # (B,)
+        logits = self.model(tokens, decode_step(positions, slots, self.caches, first_slots=packed))  # (B, 1, V)
         self._accept(reqs, logits[:, -1])
 
     def _accept(self, reqs: list[_Request], logits: torch.Tensor) -> None:

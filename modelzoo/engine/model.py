@@ -6,15 +6,16 @@ K key/value heads, hd head dim, F hidden (FFN) dim, V vocab.
 q/k/v are one fused Linear (wqkv) and gate/up one fused Linear (w13); checkpoints in
 the unfused layout are fused layer by layer while loading (loading.py).
 
-The forward pass takes per-row positions and an optional KV cache so that one call
-serves prefill (T = prompt length) and batched decode (T = 1, rows at different
-positions).
+The forward pass takes the tokens and, for a cached pass, one `Step` (positions, cache
+slots, mask, the caches) built by the engine, so that one call serves prefill
+(T = prompt length) and batched decode (T = 1, rows at different positions).
 """
 
 from __future__ import annotations
 
 import math
 import mmap
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -114,6 +115,26 @@ class KVCache(nn.Module):
         return k_out, v_out
 
 
+@dataclass(frozen=True, eq=False)
+class Step:
+    """What a cached forward pass needs beside the tokens (B, T): built by the engine once per
+    prefill or decode step and handed down unchanged to every layer.
+
+    S is the number of cache positions the step attends to (the longest row's length)."""
+
+    positions: torch.Tensor  # (B, T) long: the cache position of each new token
+    slots: torch.Tensor  # (B,) long: the cache slot each row writes and reads
+    mask: torch.Tensor  # (B, 1, T, S) bool: query t of row b may attend cache position s
+    caches: list[KVCache]  # one per layer, (slots, K, max_seq_len, hd) each for k and v
+    logit_index: torch.Tensor | None = None  # (B,) long: the one position per row whose logits are wanted
+    first_slots: bool = False  # promises slots == arange(B): cache rows are read as a view, not gathered
+
+    @property
+    def length(self) -> int:
+        """S: how many cache positions each row reads back."""
+        return self.mask.shape[-1]
+
+
 def attention_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
     """The dtype attention runs in: float32 for float16 on CPU, where torch's float16
     attention kernels are ~10x slower than its float32 ones (a decode step spent a third
@@ -150,16 +171,11 @@ class Attention(nn.Module):
         self.wo = nn.Linear(cfg.q_size, cfg.dim, bias=False)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        mask: torch.Tensor | None,
-        cache: KVCache | None,
-        slots: torch.Tensor | None,
-        positions: torch.Tensor,
-        first_slots: bool = False,
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, step: Step | None, cache: KVCache | None
     ) -> torch.Tensor:
+        """x (B, T, D), cos/sin (B, T, 1, hd) -> (B, T, D). Without a step: plain causal attention over x.
+        With one: write this layer's `cache` and attend to its first step.length positions; step.mask is
+        then (B, 1, T, S) bool in prefill, or decode_attention's bias when T == 1 (Transformer.forward)."""
         cfg = self.cfg
         B, T, _ = x.shape
         H, K = cfg.n_heads, cfg.n_kv_heads
@@ -169,19 +185,17 @@ class Attention(nn.Module):
         k = qk[:, :, H:].transpose(1, 2)  # (B, K, T, hd)
         v = qkv[:, :, H + K :].transpose(1, 2)  # (B, K, T, hd)
         dtype = attention_dtype(x.dtype, x.device)
-        if cache is not None:
-            assert slots is not None
-            k, v = cache.update(slots, positions, k, v, mask.shape[-1], first_slots, dtype)  # (B, K, S, hd)
-        else:
-            k, v = k.to(dtype), v.to(dtype)
         q = q.to(dtype)
         gqa = cfg.n_rep > 1  # SDPA shares each k/v head among n_rep query heads without copying
-        if mask is None:
+        if step is None or cache is None:
+            k, v = k.to(dtype), v.to(dtype)
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)  # no cache: plain causal
-        elif T == 1:
-            y = decode_attention(q, k, v, mask)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)  # mask: (B, 1, T, S) bool
+            k, v = cache.update(step.slots, step.positions, k, v, step.length, step.first_slots, dtype)  # (B, K, S, hd)
+            if T == 1:
+                y = decode_attention(q, k, v, step.mask)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=step.mask, enable_gqa=gqa)
         y = y.transpose(1, 2).reshape(B, T, cfg.q_size).to(x.dtype)  # (B, T, H*hd)
         return self.wo(y)
 
@@ -206,10 +220,10 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.feed_forward = FeedForward(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
-                cache: KVCache | None, slots: torch.Tensor | None, positions: torch.Tensor,
-                first_slots: bool = False) -> torch.Tensor:
-        x = x + self.attention(self.attention_norm(x), cos, sin, mask, cache, slots, positions, first_slots)
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, step: Step | None, cache: KVCache | None
+    ) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x), cos, sin, step, cache)  # (B, T, D)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
@@ -240,40 +254,28 @@ class Transformer(nn.Module):
             read_buffer = torch.empty(2, slots * cfg.n_kv_heads * max_seq_len * cfg.head_dim, dtype=read_dtype, device=p.device)
         return [KVCache(slots, cfg.n_kv_heads, max_seq_len, cfg.head_dim, dtype, p.device, read_buffer) for _ in self.layers]
 
-    def forward(
-        self,
-        tokens: torch.Tensor,
-        positions: torch.Tensor | None = None,
-        *,
-        caches: list[KVCache] | None = None,
-        slots: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None,
-        logit_index: torch.Tensor | None = None,
-        first_slots: bool = False,
-    ) -> torch.Tensor:
-        """tokens (B, T) -> logits (B, T, V) in float32, or (B, 1, V) at `logit_index` (B,).
+    def forward(self, tokens: torch.Tensor, step: Step | None = None) -> torch.Tensor:
+        """tokens (B, T) -> logits (B, T, V) in float32, or (B, 1, V) at step.logit_index.
 
-        Without `slots`: a plain causal pass over the tokens (no cache).
-        With `caches` and `slots` (B,): rows write cache slots at `positions` (B, T) and attend to
-        cache positions [0, S) where `mask` (B, 1, T, S) allows. `first_slots=True` promises
-        slots == arange(B), which lets the cache read be a view instead of a gather.
+        Without a step: a plain causal pass over the tokens from position 0 (no cache).
+        With one: rows write their cache slots at step.positions and attend to cache
+        positions [0, S) where step.mask allows (see Step).
         """
         B, T = tokens.shape
-        if positions is None:
-            positions = torch.arange(T, device=tokens.device).expand(B, T)
+        positions = torch.arange(T, device=tokens.device).expand(B, T) if step is None else step.positions
         x = self.tok_embeddings(tokens)  # (B, T, D)
         if self.activation_dtype is not None:
             x = x.to(self.activation_dtype)
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
-        if caches is None:
+        if step is None:
             for layer in self.layers:
-                x = layer(x, cos, sin, None, None, None, positions)
+                x = layer(x, cos, sin, None, None)
         else:
-            assert slots is not None and mask is not None, "a cached pass needs slots and a mask"
             if T == 1:  # a decode step: the mask becomes decode_attention's bias, once for all layers
-                mask = decode_bias(mask, self.cfg.n_kv_heads, self.cfg.n_rep, attention_dtype(x.dtype, x.device))
-            for layer, cache in zip(self.layers, caches):
-                x = layer(x, cos, sin, mask, cache, slots, positions, first_slots)
-        if logit_index is not None:
-            x = x[torch.arange(B, device=x.device), logit_index][:, None]  # (B, 1, D): only the logits we sample
+                bias = decode_bias(step.mask, self.cfg.n_kv_heads, self.cfg.n_rep, attention_dtype(x.dtype, x.device))
+                step = replace(step, mask=bias)  # (B * K, n_rep, S)
+            for layer, cache in zip(self.layers, step.caches, strict=True):
+                x = layer(x, cos, sin, step, cache)
+        if step is not None and step.logit_index is not None:
+            x = x[torch.arange(B, device=x.device), step.logit_index][:, None]  # (B, 1, D): only the logits we sample
         return self.output(self.norm(x)).float()  # (B, T, V)

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from modelzoo.engine import Engine, SamplingParams
+from modelzoo.engine import Engine, SamplingParams, Step
 from tests.modelzoo.test_engine_support import tiny_checkpoint
 
 
@@ -47,11 +47,12 @@ def test_it_decodes_with_the_cache_like_a_full_forward(ckpt):
         j = torch.arange(P)
         mask = (j[None, :] <= j[:, None])[None, None]  # (1, 1, P, P)
         slots = torch.tensor([1])
-        pre = model(seq[:, :P], torch.arange(P)[None], caches=caches, slots=slots, mask=mask)
+        pre = model(seq[:, :P], Step(positions=torch.arange(P)[None], slots=slots, mask=mask, caches=caches))
         torch.testing.assert_close(pre, full[:, :P], atol=1e-4, rtol=1e-4)
         for t in range(P, 12):
             step_mask = (torch.arange(t + 1) <= t)[None, None, None]  # (1, 1, 1, t+1)
-            out = model(seq[:, t : t + 1], torch.tensor([[t]]), caches=caches, slots=slots, mask=step_mask)
+            step = Step(positions=torch.tensor([[t]]), slots=slots, mask=step_mask, caches=caches)
+            out = model(seq[:, t : t + 1], step)
             torch.testing.assert_close(out[:, 0], full[:, t], atol=1e-4, rtol=1e-4)
 
 

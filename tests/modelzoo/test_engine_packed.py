@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from modelzoo.engine import load_checkpoint
+from modelzoo.engine.engine import decode_step, prefill_step
 from modelzoo.engine.model import KVCache
 from modelzoo.engine.packed_linear import PackedFloat16Linear, use_packed_float16
 from tests.modelzoo.gguf_factory import write_tiny_gguf
@@ -57,19 +58,15 @@ def test_a_rows_logits_are_the_same_bits_alone_and_in_a_batch_of_16(tiny):
     torch.manual_seed(0)
     B, T = 16, 12
     tokens = torch.randint(0, tiny.config.vocab_size, (B, T))
-    positions = torch.arange(T).expand(B, T)
-    causal = (torch.arange(T)[None, :] <= torch.arange(T)[:, None]).expand(B, 1, T, T)
-    step = torch.randint(0, tiny.config.vocab_size, (B, 1))
-    decode_mask = torch.ones(B, 1, 1, T + 1, dtype=torch.bool)
+    next_tokens = torch.randint(0, tiny.config.vocab_size, (B, 1))
 
     def run(rows: slice) -> torch.Tensor:
         n = rows.stop - rows.start
         caches = model.make_caches(16, 32)
         with torch.inference_mode():
-            model(tokens[rows], positions[rows], caches=caches, slots=torch.arange(n), mask=causal[rows],
-                  logit_index=torch.full((n,), T - 1))
-            return model(step[rows], torch.full((n, 1), T), caches=caches, slots=torch.arange(n),
-                         mask=decode_mask[rows], first_slots=True)[:, -1]
+            model(tokens[rows], prefill_step(torch.full((n,), T), torch.arange(n), caches))
+            step = decode_step(torch.full((n,), T), torch.arange(n), caches, first_slots=True)
+            return model(next_tokens[rows], step)[:, -1]
 
     batch = run(slice(0, 16))
     for r in (0, 5, 15):
