@@ -81,7 +81,14 @@ def _check(path: Path, base: Path | None = None) -> Report:
     """The checks themselves (run in the child): headers, tokenizer, template, weights, a smoke generation."""
     import torch
 
-    from modelzoo.engine import CheckpointError, Engine, SamplingParams, inspect_checkpoint, load_checkpoint
+    from modelzoo.engine import (
+        CheckpointError,
+        Engine,
+        SamplingParams,
+        generate_text,
+        inspect_checkpoint,
+        load_checkpoint,
+    )
     from modelzoo.engine.lora import merge_adapter
 
     info = inspect_checkpoint(base or path)
@@ -96,8 +103,8 @@ def _check(path: Path, base: Path | None = None) -> Report:
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise CheckpointError(f"weight {name} holds NaN or Inf values")
     engine = Engine(loaded, max_batch_size=1, max_seq_len=min(info.config.max_seq_len, len(prompt_ids) + SMOKE_TOKENS))
-    try:
-        result = engine.generate(prompt_ids, SamplingParams(max_tokens=SMOKE_TOKENS))
+    try:  # through the text path the site uses, so the tokenizer must also decode what the model says
+        result = generate_text(engine, info.tokenizer, prompt_ids, SamplingParams(max_tokens=SMOKE_TOKENS))
     finally:
         engine.close()
     if not all(0 <= token < info.config.vocab_size for token in result.token_ids):

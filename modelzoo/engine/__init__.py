@@ -1,4 +1,6 @@
-"""The inference engine: pure PyTorch, no Django. Public names are re-exported here."""
+"""The inference engine: pure PyTorch, no Django. Public names are re-exported here.
+
+The Engine speaks ids; callers that want text use generate_text (text_stream.py)."""
 
 from .chat_template import ChatTemplate
 from .checkpoint import (
@@ -13,6 +15,7 @@ from .engine import Engine, GenerationResult
 from .errors import CheckpointError
 from .model import Step, Transformer
 from .sampling import SamplingParams
+from .text_stream import TextResult, TextStreamer, generate_text
 from .tokenizer import Tokenizer
 
 
@@ -31,10 +34,13 @@ __all__ = [
     "ModelConfig",
     "SamplingParams",
     "Step",
+    "TextResult",
+    "TextStreamer",
     "Tokenizer",
     "Transformer",
     "context_window",
     "default_checkpoint_path",
+    "generate_text",
     "inspect_checkpoint",
     "load_checkpoint",
 ]

@@ -1,4 +1,4 @@
-"""The batched engine: one thread runs continuous batching over a preallocated KV cache.
+"""The batched engine, ids in and ids out: one thread runs continuous batching over a preallocated KV cache.
 
 Callers in any thread call `generate()`, which queues a request and blocks until it
 is finished. Between decode steps the engine thread retires finished requests
@@ -6,6 +6,10 @@ is finished. Between decode steps the engine thread retires finished requests
 newcomers); each decode step runs every active request in one forward pass, each
 row at its own position. Each forward pass gets one model.Step (positions, slots,
 mask, caches) built here.
+
+Text is the caller's: detokenizing, stop strings and streamed text live in
+text_stream.py, whose generate_text() wraps generate() and stops a request through
+its on_token callback.
 
 Memory: the KV cache is per layer (slots, n_kv_heads, max_seq_len, head_dim) for k
 and v. By default max_seq_len is min(context length, 1024) and the cache is float16
@@ -27,26 +31,30 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
 
 from .checkpoint import LoadedCheckpoint
 from .model import KVCache, Step
-from .sampling import SamplingParams, find_stop, make_generator, safe_prefix_len, sample
+from .sampling import SamplingParams, make_generator, sample
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_SEQ_LEN = 1024
 
 
+#: Called from the engine thread with each generated token id (never the end-of-sequence one);
+#: returning True ends the request with finish_reason "stop" (the caller saw a stop string).
+OnToken = Callable[[int], bool | None]
+
+
 @dataclass
 class GenerationResult:
-    text: str
     prompt_token_ids: list[int]
-    token_ids: list[int]
-    finish_reason: str  # "stop" | "length" | "cancelled" | "timeout"
+    token_ids: list[int]  # the generated ids, without an end-of-sequence token
+    finish_reason: str  # "stop" (end of sequence, or on_token said so) | "length" | "cancelled" | "timeout"
     ttft_s: float
     elapsed_s: float
     tokens_per_s: float  # decode tokens/s after the first token
@@ -77,7 +85,7 @@ def decode_step(positions: torch.Tensor, slots: torch.Tensor, caches: list[KVCac
 class _Request:
     prompt_ids: list[int]
     params: SamplingParams
-    on_token: Callable[[str], None] | None
+    on_token: OnToken | None
     should_cancel: Callable[[], bool] | None
     deadline: float | None
     submitted: float = field(default_factory=time.monotonic)
@@ -87,9 +95,6 @@ class _Request:
     # engine-thread state
     slot: int = -1
     out_ids: list[int] = field(default_factory=list)
-    text: str = ""
-    cut: bool = False  # text was truncated at a stop string
-    streamed: int = 0
     first_token_at: float | None = None
     batch_size: int = 0
     generator: torch.Generator | None = None
@@ -108,10 +113,12 @@ class Engine:
         max_batch_size: int = 16,
         max_seq_len: int | None = None,
         kv_cache_dtype: torch.dtype | None = None,
+        eos_token_ids: Iterable[int] | None = None,
     ) -> None:
+        """`eos_token_ids` end a request (default: the checkpoint tokenizer's)."""
         self.checkpoint = checkpoint
         self.model = checkpoint.model
-        self.tokenizer = checkpoint.tokenizer
+        self.eos_token_ids = frozenset(checkpoint.tokenizer.eos_token_ids if eos_token_ids is None else eos_token_ids)
         self.device = checkpoint.device
         self.max_batch_size = max_batch_size
         context = checkpoint.config.max_seq_len
@@ -133,14 +140,18 @@ class Engine:
         prompt_ids: list[int],
         params: SamplingParams,
         *,
-        on_token: Callable[[str], None] | None = None,
+        on_token: OnToken | None = None,
         should_cancel: Callable[[], bool] | None = None,
         deadline: float | None = None,
     ) -> GenerationResult:
-        """Generate a completion; blocks the calling thread. Thread-safe.
+        """Generate token ids after `prompt_ids`; blocks the calling thread. Thread-safe.
 
-        `deadline` is a time.monotonic() value. Raises ValueError for a prompt that
-        cannot fit, and re-raises any error the engine hit on this request.
+        `on_token(token_id)` runs on the engine thread for every generated token (see OnToken):
+        keep it short, since the whole batch waits for it; an exception it raises fails this
+        request only, and is re-raised here. `params.stop` is not looked at: stop strings are
+        text, applied by the caller (text_stream.generate_text). `deadline` is a time.monotonic()
+        value. Raises ValueError for a prompt that cannot fit, and re-raises any error the
+        engine hit on this request.
         """
         prompt_ids = list(prompt_ids)
         if not prompt_ids:
@@ -257,7 +268,7 @@ class Engine:
         self._accept(reqs, logits[:, -1])
 
     def _accept(self, reqs: list[_Request], logits: torch.Tensor) -> None:
-        """Sample one token per row (logits (B, V)), stream, and retire finished rows."""
+        """Sample one token per row (logits (B, V)), report it, and retire finished rows."""
         greedy = logits.argmax(-1).tolist()
         now = time.monotonic()
         for i, r in enumerate(reqs):
@@ -281,27 +292,14 @@ class Engine:
 
     def _advance(self, r: _Request, tok: int) -> str | None:
         """Add a sampled token; return a finish reason when it ends the request."""
-        if tok in self.tokenizer.eos_token_ids and not r.params.ignore_eos:
+        if tok in self.eos_token_ids and not r.params.ignore_eos:
             return "stop"
         r.out_ids.append(tok)
-        stops = r.params.stop
-        if stops or r.on_token is not None:
-            text = self.tokenizer.decode(r.out_ids)
-            cut = find_stop(text, stops) if stops else None
-            if cut is not None:
-                r.text, r.cut = text[:cut], True
-                return "stop"
-            r.text = text
-            self._stream(r, safe_prefix_len(text, stops))
+        if r.on_token is not None and r.on_token(tok):
+            return "stop"
         if len(r.out_ids) >= r.params.max_tokens:
             return "length"
         return None
-
-    def _stream(self, r: _Request, upto: int) -> None:
-        if r.on_token is not None and upto > r.streamed:
-            delta = r.text[r.streamed : upto]
-            r.streamed = upto
-            r.on_token(delta)
 
     def _early_finish(self, r: _Request) -> str | None:
         if r.should_cancel is not None and r.should_cancel():
@@ -317,19 +315,11 @@ class Engine:
 
     def _finish(self, r: _Request, reason: str) -> None:
         self._release(r)
-        if not r.cut:
-            r.text = self.tokenizer.decode(r.out_ids)
-        try:
-            self._stream(r, len(r.text))
-        except Exception as exc:
-            self._fail(r, exc)
-            return
         end = time.monotonic()
         first = r.first_token_at
         n_after_first = max(len(r.out_ids) - 1, 0)
         decode_time = end - first if first is not None else 0.0
         r.result = GenerationResult(
-            text=r.text,
             prompt_token_ids=list(r.prompt_ids),
             token_ids=list(r.out_ids),
             finish_reason=reason,

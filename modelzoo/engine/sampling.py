@@ -1,4 +1,4 @@
-"""Sampling: pure functions of one row's logits, plus stop-string handling.
+"""Sampling: pure functions of one row's logits.
 
 Order (as in transformers' logits processors): repetition penalty, temperature,
 top-k, top-p, min-p, then a draw from a per-request torch.Generator. Temperature 0
@@ -21,7 +21,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     seed: int | None = None
     max_tokens: int = 256
-    stop: tuple[str, ...] = ()
+    stop: tuple[str, ...] = ()  # text: applied by the caller's streamer (text_stream.generate_text), not the engine
     ignore_eos: bool = False  # keep going past end-of-sequence (benchmarks)
 
     def __post_init__(self) -> None:
@@ -101,23 +101,3 @@ def sample(logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor, gen
         return int(logits.argmax())
     probs = logits_to_probs(logits, params).cpu()
     return int(torch.multinomial(probs, 1, generator=generator))
-
-
-def find_stop(text: str, stops: tuple[str, ...]) -> int | None:
-    """Index where the earliest stop string starts in text, or None."""
-    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
-    return min(hits) if hits else None
-
-
-def safe_prefix_len(text: str, stops: tuple[str, ...]) -> int:
-    """How much of text can be streamed now: hold back a tail that could begin a stop
-    string, and an incomplete UTF-8 sequence (decoded as U+FFFD at the end)."""
-    end = len(text)
-    while end > 0 and text[end - 1] == "\ufffd":
-        end -= 1
-    for s in stops:
-        for n in range(min(len(s) - 1, end), 0, -1):
-            if text.endswith(s[:n], 0, end):
-                end = min(end, len(text[:end]) - n)
-                break
-    return end

@@ -1,4 +1,5 @@
-"""Engine behaviour on a tiny random-weight model (CPU): cache, continuous batching, streaming, stops, errors."""
+"""Engine behaviour on a tiny random-weight model (CPU): cache, continuous batching, ids out, stops through
+on_token and generate_text, errors."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from modelzoo.engine import Engine, SamplingParams, Step
+from modelzoo.engine import Engine, SamplingParams, Step, generate_text
 from tests.modelzoo.test_engine_support import tiny_checkpoint
 
 
@@ -93,22 +94,46 @@ def test_it_reproduces_a_seeded_sample(engine, ckpt):
     assert a.token_ids != c.token_ids
 
 
-def test_it_truncates_at_a_stop_string(engine, ckpt):
+def text(engine, ckpt, prompt: str, params: SamplingParams, **kwargs):
+    return generate_text(engine, ckpt.tokenizer, enc(ckpt, prompt), params, **kwargs)
+
+
+def test_it_gives_ids_and_no_text(engine, ckpt):
+    r = engine.generate(enc(ckpt, "ids"), SamplingParams(max_tokens=8))
+    assert len(r.token_ids) == 8 and r.finish_reason == "length"
+    assert not hasattr(r, "text")
+
+
+def test_it_reports_each_token_and_stops_when_on_token_says_so(engine, ckpt):
     full = engine.generate(enc(ckpt, "stop here"), SamplingParams(max_tokens=40))
+    seen: list[int] = []
+
+    def on_token(token_id: int) -> bool:
+        seen.append(token_id)
+        return len(seen) == 7
+
+    r = engine.generate(enc(ckpt, "stop here"), SamplingParams(max_tokens=40), on_token=on_token)
+    assert r.finish_reason == "stop"
+    assert r.token_ids == seen == full.token_ids[:7]
+
+
+def test_it_truncates_at_a_stop_string(engine, ckpt):
+    full = text(engine, ckpt, "stop here", SamplingParams(max_tokens=40))
     assert full.finish_reason == "length" and len(full.text) == 40
     stop = full.text[10:13]
     cut = full.text.index(stop)
-    r = engine.generate(enc(ckpt, "stop here"), SamplingParams(max_tokens=40, stop=(stop, "\0never")))
+    r = text(engine, ckpt, "stop here", SamplingParams(max_tokens=40, stop=(stop, "\0never")))
     assert r.finish_reason == "stop"
     assert r.text == full.text[:cut]
+    assert r.token_ids == full.token_ids[: cut + len(stop)]  # the ids that spelled the stop string, and no more
 
 
 def test_it_streams_deltas_that_join_to_the_final_text(engine, ckpt):
-    full = engine.generate(enc(ckpt, "stream"), SamplingParams(max_tokens=40))
+    full = text(engine, ckpt, "stream", SamplingParams(max_tokens=40))
     stop = full.text[20:24]
     for params in [SamplingParams(max_tokens=40), SamplingParams(max_tokens=40, stop=(stop,))]:
         deltas: list[str] = []
-        r = engine.generate(enc(ckpt, "stream"), params, on_token=deltas.append)
+        r = text(engine, ckpt, "stream", params, on_text=deltas.append)
         assert "".join(deltas) == r.text
         assert len(deltas) > 1
     assert stop not in r.text and r.finish_reason == "stop"
@@ -129,14 +154,10 @@ def test_it_frees_slots_so_many_requests_complete(ckpt):
 
 
 def test_it_cancels_and_keeps_partial_text(engine, ckpt):
-    full = engine.generate(enc(ckpt, "cancel me"), SamplingParams(max_tokens=40))
+    full = text(engine, ckpt, "cancel me", SamplingParams(max_tokens=40))
     seen: list[str] = []
-    r = engine.generate(
-        enc(ckpt, "cancel me"),
-        SamplingParams(max_tokens=40),
-        on_token=seen.append,
-        should_cancel=lambda: len(seen) >= 5,
-    )
+    r = text(engine, ckpt, "cancel me", SamplingParams(max_tokens=40), on_text=seen.append,
+             should_cancel=lambda: len(seen) >= 5)
     assert r.finish_reason == "cancelled"
     assert 5 <= len(r.token_ids) < 40
     assert r.text and full.text.startswith(r.text)
@@ -185,7 +206,7 @@ def test_it_fails_requests_when_the_forward_pass_raises(ckpt, monkeypatch):
 
 
 def test_it_fails_only_the_request_whose_callback_raises(engine, ckpt):
-    def bad(_: str) -> None:
+    def bad(_: int) -> None:
         raise KeyError("callback")
 
     results: dict[str, object] = {}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from modelzoo.engine import Engine, SamplingParams, default_checkpoint_path, load_checkpoint
+from modelzoo.engine import Engine, SamplingParams, default_checkpoint_path, generate_text, load_checkpoint
 
 GOLDEN = json.loads((Path(__file__).parent / "golden" / "smollm2_greedy.json").read_text())
 
@@ -42,7 +42,8 @@ def test_it_generates_the_golden_greedy_tokens_in_one_batch(smollm, engine):
     eos = smollm.tokenizer.eos_token_ids
     params = SamplingParams(max_tokens=GOLDEN["max_new_tokens"])
     with ThreadPoolExecutor(len(GOLDEN["cases"])) as ex:
-        results = list(ex.map(lambda c: engine.generate(c["prompt_token_ids"], params), GOLDEN["cases"]))
+        results = list(ex.map(lambda c: generate_text(engine, smollm.tokenizer, c["prompt_token_ids"], params),
+                              GOLDEN["cases"]))
     for case, result in zip(GOLDEN["cases"], results):
         golden = case["new_token_ids"]
         ended = golden[-1] in eos
@@ -56,6 +57,7 @@ def test_it_generates_the_golden_greedy_tokens_in_one_batch(smollm, engine):
 def test_it_streams_unicode_deltas_that_join_to_the_final_text(smollm, engine):
     prompt = smollm.tokenizer.encode(smollm.chat_template.render([{"role": "user", "content": "Write three emoji and a word in Japanese."}]))
     deltas: list[str] = []
-    result = engine.generate(prompt, SamplingParams(temperature=0.8, seed=3, max_tokens=40), on_token=deltas.append)
+    result = generate_text(engine, smollm.tokenizer, prompt, SamplingParams(temperature=0.8, seed=3, max_tokens=40),
+                           on_text=deltas.append)
     assert "".join(deltas) == result.text
     assert all("\ufffd" not in d for d in deltas) or "\ufffd" in result.text

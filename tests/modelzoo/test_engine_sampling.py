@@ -1,4 +1,4 @@
-"""Sampling: pure functions of logits, seeded draws, stop-string helpers."""
+"""Sampling: pure functions of logits, seeded draws (stop strings are text: test_engine_text_stream.py)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,7 @@ from modelzoo.engine.sampling import (
     apply_repetition_penalty,
     apply_top_k,
     apply_top_p,
-    find_stop,
     make_generator,
-    safe_prefix_len,
     sample,
 )
 
@@ -75,15 +73,3 @@ def test_it_validates_params():
     with pytest.raises(ValueError):
         SamplingParams(max_tokens=0)
     assert SamplingParams(stop=("", "x")).stop == ("x",)
-
-
-def test_it_finds_the_earliest_stop():
-    assert find_stop("abc END def STOP", ("STOP", "END")) == 4
-    assert find_stop("abc", ("x",)) is None
-
-
-def test_it_holds_back_possible_stop_prefixes_and_broken_utf8():
-    assert safe_prefix_len("hello wor", ("world",)) == 6
-    assert safe_prefix_len("hello", ("world",)) == 5
-    assert safe_prefix_len("ab\ufffd", ()) == 2
-    assert safe_prefix_len("ab<|", ("<|end|>",)) == 2

@@ -7,7 +7,7 @@ import pytest
 import torch
 from django.core.management import CommandError, call_command
 
-from modelzoo.engine import Engine, SamplingParams, default_checkpoint_path, load_checkpoint
+from modelzoo.engine import Engine, SamplingParams, default_checkpoint_path, generate_text, load_checkpoint
 from modelzoo.engine.lora import merge_adapter, read_adapter
 from safetensors.torch import save_file
 
@@ -20,7 +20,7 @@ def greedy_answer(loaded, question: str) -> str:
     engine = Engine(loaded, max_batch_size=1, max_seq_len=256)
     try:
         prompt = loaded.tokenizer.encode(loaded.chat_template.render([{"role": "user", "content": question}]))
-        return engine.generate(prompt, SamplingParams(max_tokens=16)).text
+        return generate_text(engine, loaded.tokenizer, prompt, SamplingParams(max_tokens=16)).text
     finally:
         engine.close()
 
