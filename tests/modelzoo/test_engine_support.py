@@ -22,8 +22,11 @@ class CharTokenizer(Tokenizer):
     bos_token_id = None
     add_bos = False
 
-    def _encode(self, text: str) -> list[int]:
+    def _encode(self, text: str, *, special: bool = True) -> list[int]:
         return [CHARS.index(c) for c in text]
+
+    def mentions_special(self, text: str) -> bool:
+        return False  # no special tokens but end of sequence, which has no text
 
     def decode(self, ids: list[int]) -> str:
         return "".join(CHARS[i] for i in ids)
