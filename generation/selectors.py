@@ -11,6 +11,7 @@ from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
 from generation.models import ApiKey, Job
+from modelzoo.models import Checkpoint
 
 
 def job_list_for_user(*, user: Any, task: str = "", status: str = "", q: str = "") -> QuerySet[Job]:
@@ -82,3 +83,13 @@ def checkpoint_demand() -> dict[int, int]:
 
 def api_keys_for_user(*, user: Any) -> QuerySet[ApiKey]:
     return ApiKey.objects.filter(owner=user).order_by("-created_at", "-id")
+
+
+def api_model_ids() -> list[str]:
+    """The model ids /v1/models lists (the ready checkpoints' names), the one jobs default to first."""
+    names = list(Checkpoint.objects.ready().order_by("name").values_list("name", flat=True))
+    default = Checkpoint.default()
+    if default is not None and default.name in names:
+        names.remove(default.name)
+        names.insert(0, default.name)
+    return names

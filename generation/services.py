@@ -168,6 +168,12 @@ def api_key_revoke(*, key: ApiKey) -> None:
     key.refresh_from_db()
 
 
+def api_key_delete(*, key: ApiKey) -> bool:
+    """Remove a revoked key from the list; an active key is kept (it must be revoked first). True if removed."""
+    deleted, _ = ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=False).delete()
+    return bool(deleted)
+
+
 def api_key_authenticate(*, secret: str) -> Any | None:
     """The owner of an active key with this secret (and mark it used), else None."""
     key = ApiKey.objects.select_related("owner").filter(key_hash=api_key_hash(secret), revoked_at__isnull=True).first()

@@ -7,6 +7,7 @@ app_name = "generation"
 urlpatterns = [
     path("jobs/new/", views.job_new, name="job_new"),
     path("jobs/", views.job_list, name="job_list"),
+    path("jobs/export.<str:fmt>", views.job_export, name="job_export"),
     path("jobs/<int:job_id>/", views.job_detail, name="job_detail"),
     path("jobs/<int:job_id>.json", views.job_json, name="job_json"),
     path("jobs/<int:job_id>/stream", views.job_stream, name="job_stream"),

@@ -13,18 +13,22 @@ from django.core.paginator import Paginator
 from django.db import connection
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from generation import health, limits, selectors, services, streams
+from generation import exports, health, limits, selectors, services, streams
 from generation.forms import JobForm
 from generation.models import Job
 from generation.rendering import render_output
 
 
-@login_required
+@require_GET
 def home(request: HttpRequest) -> HttpResponse:
-    return redirect("generation:job_new")
+    """Signed-in users go to the new-job form; visitors get the landing page, which says what the site does."""
+    if request.user.is_authenticated:
+        return redirect("generation:job_new")
+    return render(request, "landing.html", {"models": selectors.api_model_ids()})
 
 
 @login_required
@@ -57,18 +61,20 @@ def _quota_message(exc: limits.QuotaExceeded) -> str:
     return f"{exc.message}." + (f" Try again in {wait} s." if wait else "")
 
 
+def _history_filters(request: HttpRequest) -> dict[str, str]:
+    """The history's filters from the query string (unknown task or status values are ignored)."""
+    task, status = request.GET.get("task", ""), request.GET.get("status", "")
+    return {"task": task if task in Job.Task.values else "", "status": status if status in Job.Status.values else "",
+            "q": request.GET.get("q", "")}
+
+
 @login_required
 @require_GET
 def job_list(request: HttpRequest) -> HttpResponse:
     task = request.GET.get("task", "")
     status = request.GET.get("status", "")
     q = request.GET.get("q", "")
-    jobs = selectors.job_list_for_user(
-        user=request.user,
-        task=task if task in Job.Task.values else "",
-        status=status if status in Job.Status.values else "",
-        q=q,
-    )
+    jobs = selectors.job_list_for_user(user=request.user, **_history_filters(request))
     page = Paginator(jobs, settings.JOBS_PER_PAGE).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
@@ -85,6 +91,17 @@ def job_list(request: HttpRequest) -> HttpResponse:
             "statuses": Job.Status.choices,
         },
     )
+
+
+@login_required
+@require_GET
+def job_export(request: HttpRequest, fmt: str) -> HttpResponse:
+    """The filtered history (every page of it) as a download: JSON, CSV or Markdown (fmt: json, csv, md)."""
+    if fmt not in exports.FORMATS:
+        raise Http404("No such export format")
+    filters = _history_filters(request)
+    jobs = selectors.job_list_for_user(user=request.user, **filters)
+    return exports.download(jobs, fmt=fmt, filters=filters)
 
 
 @login_required
@@ -191,8 +208,16 @@ def job_delete(request: HttpRequest, job_id: int) -> HttpResponse:
     if request.method == "POST":
         services.job_delete(job=job)
         messages.success(request, f"Job {job_id} deleted.")
-        return redirect("generation:job_list")
+        return redirect(_history_url(request))
     return render(request, "generation/job_confirm_delete.html", {"job": job})
+
+
+def _history_url(request: HttpRequest) -> str:
+    """Where a delete returns to: the history page it came from (its filters and page, from the form's `next`),
+    else the history."""
+    history = reverse("generation:job_list")
+    wanted = request.POST.get("next", "")
+    return wanted if wanted == history or wanted.startswith(history + "?") else history
 
 
 @login_required

@@ -214,7 +214,13 @@ def checkpoint_info(checkpoint: Checkpoint) -> CheckpointInfo:
 def context_window(checkpoint: Checkpoint) -> int:
     """How many tokens (prompt + completion) a job on `checkpoint` may use: the checkpoint's context length,
     capped by the KV cache the workers' engines allocate (ENGINE_MAX_SEQ_LEN)."""
-    return min(int(checkpoint_info(checkpoint).config.max_seq_len), settings.ENGINE_MAX_SEQ_LEN)
+    return window_for(int(checkpoint_info(checkpoint).config.max_seq_len))
+
+
+def window_for(context_length: int) -> int:
+    """The tokens a job may use on a checkpoint whose own context length is `context_length` (the rule of
+    context_window, for callers that have the stored length, like the admin's list, and no file to read)."""
+    return min(context_length, settings.ENGINE_MAX_SEQ_LEN)
 
 
 def loaded_checkpoint_ids() -> list[int]:

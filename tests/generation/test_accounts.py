@@ -44,3 +44,35 @@ def test_the_nav_shows_admin_only_to_staff(owner_client, owner, checkpoint):
     owner.is_staff = True
     owner.save()
     assert b'href="/admin/"' in owner_client.get("/jobs/").content
+
+
+def test_it_changes_the_password_and_stays_signed_in(client, owner):
+    client.post("/accounts/login/", {"username": "alice", "password": "alice-password-1"})
+    page = client.get("/accounts/password/")
+    assert page.status_code == 200 and b'id="password-form"' in page.content
+    response = client.post("/accounts/password/", {"old_password": "alice-password-1",
+                                                   "new_password1": "a-new-passphrase-77",
+                                                   "new_password2": "a-new-passphrase-77"})
+    assert (response.status_code, response["Location"]) == (302, "/accounts/")
+    owner.refresh_from_db()
+    assert owner.check_password("a-new-passphrase-77")
+    assert int(client.session["_auth_user_id"]) == owner.pk  # this session survives the change
+    assert "Your password was changed." in client.get("/accounts/").content.decode()
+
+
+def test_it_refuses_a_wrong_old_password(owner_client, owner):
+    response = owner_client.post("/accounts/password/", {"old_password": "nope", "new_password1": "a-new-passphrase-77",
+                                                         "new_password2": "a-new-passphrase-77"})
+    assert response.status_code == 200
+    assert response.context["form"].errors["old_password"]
+    owner.refresh_from_db()
+    assert owner.check_password("alice-password-1")
+
+
+def test_the_password_change_needs_a_signed_in_user(client):
+    response = client.get("/accounts/password/")
+    assert (response.status_code, response["Location"]) == (302, "/accounts/login/?next=/accounts/password/")
+
+
+def test_the_account_page_links_the_password_change(owner_client):
+    assert b'href="/accounts/password/"' in owner_client.get("/accounts/").content

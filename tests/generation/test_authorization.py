@@ -9,7 +9,7 @@ from generation.models import Job
 
 pytestmark = pytest.mark.django_db
 
-PUBLIC = {"login", "logout", "signup", "healthz"}
+PUBLIC = {"home", "login", "logout", "signup", "healthz"}  # home: the landing page for visitors
 
 
 def named_urls(resolver: URLResolver | None = None, namespace: str = "") -> list[tuple[str, URLPattern]]:
@@ -34,7 +34,7 @@ def test_it_sends_a_stranger_to_sign_in_from_every_private_url(make_job):
     job = make_job()
     stranger = Client()
     names = [(name, pattern) for name, pattern in named_urls() if name not in PUBLIC]
-    assert {"home", "generation:job_new", "generation:job_list", "generation:job_detail",
+    assert {"generation:job_new", "generation:job_list", "generation:job_detail",
             "generation:job_json", "generation:job_delete", "generation:job_cancel"} <= {n for n, _ in names}
     for name, pattern in names:
         url = url_of(name, pattern, job)
@@ -58,6 +58,7 @@ def test_it_answers_the_public_urls():
     assert stranger.get(reverse("login")).status_code == 200
     assert stranger.get(reverse("signup")).status_code == 200
     assert stranger.get(reverse("logout")).status_code == 405  # sign out is POST only
+    assert stranger.get(reverse("home")).status_code == 200  # the landing page
 
 
 @pytest.mark.parametrize("path", ["/jobs/{id}/", "/jobs/{id}.json", "/jobs/{id}/delete/", "/jobs/new/?rerun={id}"])
