@@ -118,9 +118,11 @@ class KVCache(nn.Module):
 @dataclass(frozen=True, eq=False)
 class Step:
     """What a cached forward pass needs beside the tokens (B, T): built by the engine once per
-    prefill or decode step and handed down unchanged to every layer.
+    prefill or decode step and handed down to every layer.
 
-    S is the number of cache positions the step attends to (the longest row's length)."""
+    S is the number of cache positions the step attends to (the longest row's length). In a
+    decode step (T == 1) Transformer.forward swaps the bool mask for decode_attention's additive
+    bias (B * K, n_rep, S), once for all layers."""
 
     positions: torch.Tensor  # (B, T) long: the cache position of each new token
     slots: torch.Tensor  # (B,) long: the cache slot each row writes and reads
