@@ -7,7 +7,7 @@ import httpx
 import openai
 import pytest
 
-from generation import services
+from generation import limits, services
 from generation.fleet import registry
 from generation.models import Job
 from llmsite import redis_client
@@ -57,7 +57,7 @@ def test_it_streams_a_chat_completion_whose_deltas_are_the_stored_output(client,
     # time to the first streamed token below is that of a running site.
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=model_name, messages=[{"role": "user", "content": "x"}],
-                                       max_tokens=10**6)
+                                       max_tokens=int(limits.MAX_TOKENS.high))
     started = time.monotonic()
     first_token_s = None
     pieces: list[str] = []
@@ -133,7 +133,8 @@ def test_it_answers_400_for_a_prompt_longer_than_the_context_window(client, mode
         client.completions.create(model=model_name, prompt="word " * 5000, max_tokens=16)
     assert error.value.code == "context_length_exceeded" and error.value.param == "prompt"
     with pytest.raises(openai.BadRequestError) as error:
-        client.completions.create(model=model_name, prompt="hello", max_tokens=100_000)
+        # Within MAX_TOKENS (so not invalid_value) but past what the context window leaves after the prompt.
+        client.completions.create(model=model_name, prompt="hello", max_tokens=int(limits.MAX_TOKENS.high))
     assert error.value.code == "context_length_exceeded" and error.value.param == "max_tokens"
 
 
