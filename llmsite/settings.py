@@ -324,6 +324,9 @@ CHECKPOINT_MAX_UNPACKED_BYTES = envint("CHECKPOINT_MAX_UNPACKED_BYTES", 64 * 102
 #: Limits of the child process that parses, loads and smoke-tests an upload (see modelzoo.validation).
 VALIDATION_TIMEOUT_S = envint("VALIDATION_TIMEOUT_S", 600, minimum=1)
 VALIDATION_MEMORY_BYTES = envint("VALIDATION_MEMORY_BYTES", 16 * 1024**3, minimum=256 * 1024**2)
+#: The child's own memory (Python, torch, the tokenizer) before the checkpoint's; its limit grows from this with
+#: what the upload's headers declare, up to VALIDATION_MEMORY_BYTES.
+VALIDATION_BASE_MEMORY_BYTES = envint("VALIDATION_BASE_MEMORY_BYTES", 512 * 1024**2, minimum=128 * 1024**2)
 # Uploads larger than this go to a temporary file instead of memory, chunk by chunk.
 FILE_UPLOAD_MAX_MEMORY_SIZE = envint("FILE_UPLOAD_MAX_MEMORY_SIZE", 8 * 1024**2, minimum=0)
 

@@ -58,7 +58,10 @@ class Checkpoint(models.Model):
     created = models.DateTimeField(auto_now_add=True)
     notes = models.TextField(blank=True)
     architecture = models.CharField(max_length=40, blank=True)
-    status_reason = models.TextField(blank=True, help_text="Why validation rejected it, for the admin")
+    status_reason = models.TextField(
+        blank=True, help_text="Why validation rejected it, or notes on a ready one, for the admin"
+    )
+    validation_started = models.DateTimeField(null=True, blank=True, editable=False)
     base = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.PROTECT, related_name="adapters",
         help_text="For a LoRA adapter: the checkpoint it was trained on",

@@ -5,11 +5,15 @@ import hashlib
 import logging
 import re
 import shutil
+import threading
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
 
 from modelzoo import validation
 from modelzoo.archive import ArchiveError, ArchiveLimits, extract_checkpoint_zip
@@ -19,10 +23,23 @@ from modelzoo.pickles import pickle_refusal
 logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 4 * 1024**2
+#: A row 'validating' for longer than the validation's time limit plus this was left by a worker that died
+#: mid-validation; a redelivered task may claim it again.
+VALIDATION_GRACE_S = 120
+#: The largest value of the integer columns a report fills, on every database (PostgreSQL's integer, bigint).
+_COLUMN_MAXIMA = {"context_length": 2**31 - 1, "parameter_count": 2**63 - 1}
+
+#: One validation at a time in a worker process: each runs a child that may take gigabytes. Held around the
+#: claim, so a busy worker leaves the row 'uploaded' for another worker or a retry (see tasks.py).
+_validation_slot = threading.Lock()
 
 
 class UploadError(ValueError):
     """An upload refused before it is stored (the message is for the admin)."""
+
+
+class ValidationBusy(RuntimeError):
+    """This process is validating another checkpoint; try again later."""
 
 
 def _safe_file_name(name: str) -> str:
@@ -81,39 +98,74 @@ def _enqueue_validation(checkpoint: Checkpoint) -> None:
         )
 
 
-def checkpoint_validate(*, checkpoint_id: int) -> Checkpoint | None:
-    """uploaded -> validating -> ready | rejected (with the reason). None when it was not waiting for this."""
-    claimed = Checkpoint.objects.filter(pk=checkpoint_id, status=Checkpoint.Status.UPLOADED).update(
-        status=Checkpoint.Status.VALIDATING, status_reason=""
-    )
-    if not claimed:
-        return None
-    checkpoint = Checkpoint.objects.get(pk=checkpoint_id)
+def checkpoint_validate(*, checkpoint_id: int, wait: bool = True) -> Checkpoint | None:
+    """uploaded -> validating -> ready | rejected (with the reason). None when it was not waiting for this.
+
+    One validation runs at a time per process: with `wait=False` a busy process raises ValidationBusy before
+    it claims the row. Whatever goes wrong once the row is claimed ends it 'rejected' with
+    "validation failed (...)", never 'validating' for good; a row a dead worker left 'validating' is claimed
+    again once it is older than the validation's time limit (and VALIDATION_GRACE_S)."""
+    if not _validation_slot.acquire(blocking=wait):
+        raise ValidationBusy("another checkpoint is being validated in this process")
+    try:
+        now = timezone.now()
+        stale = now - timedelta(seconds=settings.VALIDATION_TIMEOUT_S + VALIDATION_GRACE_S)
+        left_by_a_dead_worker = Q(status=Checkpoint.Status.VALIDATING) & (
+            Q(validation_started__lt=stale) | Q(validation_started__isnull=True)
+        )
+        claimed = Checkpoint.objects.filter(
+            Q(status=Checkpoint.Status.UPLOADED) | left_by_a_dead_worker, pk=checkpoint_id
+        ).update(status=Checkpoint.Status.VALIDATING, status_reason="", validation_started=now)
+        if not claimed:
+            return None
+        try:
+            _validate_claimed(Checkpoint.objects.get(pk=checkpoint_id))
+        except Exception as error:  # a bug or a lost file: the row must not stay 'validating'
+            logger.exception("Validation of checkpoint %s failed", checkpoint_id)
+            _reject(checkpoint_id, f"validation failed ({type(error).__name__}: {error})")
+        return Checkpoint.objects.get(pk=checkpoint_id)
+    finally:
+        _validation_slot.release()
+
+
+def _reject(checkpoint_id: int, reason: str) -> None:
+    Checkpoint.objects.filter(pk=checkpoint_id).update(status=Checkpoint.Status.REJECTED, status_reason=reason[:4000])
+
+
+def _validate_claimed(checkpoint: Checkpoint) -> None:
+    if checkpoint.base_id and (checkpoint.base.format == Checkpoint.Format.LORA or not checkpoint.base.is_ready):
+        _reject(checkpoint.pk, f"the base {checkpoint.base.name!r} is {checkpoint.base.get_format_display()}, "
+                               f"{checkpoint.base.status}: an adapter's base must be a ready model of the zoo")
+        return
     try:
         checkpoint = _unpack_if_archive(checkpoint)
     except ArchiveError as error:
-        Checkpoint.objects.filter(pk=checkpoint_id).update(status=Checkpoint.Status.REJECTED, status_reason=str(error))
-        checkpoint.refresh_from_db()
-        return checkpoint
+        _reject(checkpoint.pk, str(error))
+        return
     limits = validation.Limits(
         timeout_s=settings.VALIDATION_TIMEOUT_S, memory_bytes=settings.VALIDATION_MEMORY_BYTES,
-        cpu_s=settings.VALIDATION_TIMEOUT_S * 2,
+        cpu_s=settings.VALIDATION_TIMEOUT_S * 2, base_memory_bytes=settings.VALIDATION_BASE_MEMORY_BYTES,
     )
     base = checkpoint.base.file_path() if checkpoint.base_id else None
     report = validation.validate(checkpoint.file_path(), base=base, limits=limits)
-    if report.ok:
-        Checkpoint.objects.filter(pk=checkpoint_id).update(
-            status=Checkpoint.Status.READY, format=report.format, architecture=report.architecture,
-            quantization=report.quantization, parameter_count=report.parameter_count,
-            context_length=report.context_length,
-        )
-    else:
-        Checkpoint.objects.filter(pk=checkpoint_id).update(
-            status=Checkpoint.Status.REJECTED, status_reason=report.reason
-        )
+    logger.info("Validated checkpoint %s in %.1f s, peak memory %d MiB: %s", checkpoint.name, report.seconds,
+                report.peak_memory_bytes // 1024**2, "ready" if report.ok else report.reason)
+    for column, maximum in _COLUMN_MAXIMA.items():
+        if report.ok and not 0 <= getattr(report, column) <= maximum:
+            report = validation.Report(ok=False, reason=f"{column} {getattr(report, column)} does not fit the "
+                                                        f"database (at most {maximum})")
+    if not report.ok:
+        _reject(checkpoint.pk, report.reason)
         logger.warning("Checkpoint %s rejected: %s", checkpoint.name, report.reason)
-    checkpoint.refresh_from_db()
-    return checkpoint
+        return
+    notes = report.notes
+    if notes and checkpoint.base_id:
+        notes = notes.replace("the zoo checkpoint chosen as its base", f"the zoo checkpoint {checkpoint.base.name!r}")
+    Checkpoint.objects.filter(pk=checkpoint.pk).update(
+        status=Checkpoint.Status.READY, status_reason=notes, format=report.format,
+        architecture=report.architecture[:40], quantization=report.quantization[:40],
+        parameter_count=report.parameter_count, context_length=report.context_length,
+    )
 
 
 def _unpack_if_archive(checkpoint: Checkpoint) -> Checkpoint:
@@ -130,10 +182,10 @@ def _unpack_if_archive(checkpoint: Checkpoint) -> Checkpoint:
         archive, destination, adapter=adapter,
         limits=ArchiveLimits(max_total_bytes=settings.CHECKPOINT_MAX_UNPACKED_BYTES),
     )
-    archive.unlink()
     Checkpoint.objects.filter(pk=checkpoint.pk).update(
         path=str(folder), format=Checkpoint.Format.LORA if adapter else Checkpoint.Format.SAFETENSORS
     )
+    archive.unlink()  # after the row points at the folder, so a retry after a crash finds the files
     checkpoint.refresh_from_db()
     return checkpoint
 

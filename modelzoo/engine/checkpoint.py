@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
-import json
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
@@ -18,11 +17,12 @@ from typing import Any
 import torch
 
 from . import gguf_format, packed_linear
-from .chat_template import ChatTemplate
+from .chat_template import ChatTemplate, template_source
 from .config import ModelConfig
-from .errors import CheckpointError
+from .headers import read_json, scan_safetensors
 from .loading import assemble, load_strict
 from .model import Transformer
+from .preflight import MAX_CONFIG_BYTES, MAX_TOKENIZER_CONFIG_BYTES, checkpoint_format
 from .quantize import check_mode, swap_linears
 from .threads import in_throwaway_thread
 from .tokenizer import Tokenizer, tokenizer_from_gguf, tokenizer_from_hf_dir
@@ -61,15 +61,6 @@ class CheckpointInfo:
     parameter_count: int
 
 
-def checkpoint_format(path: str | Path) -> str:
-    path = Path(path)
-    if gguf_format.is_gguf(path):
-        return "gguf"
-    if path.is_dir() and (path / "config.json").is_file() and any(path.glob("*.safetensors")):
-        return "safetensors"
-    raise CheckpointError(f"{path}: neither a GGUF file nor a directory with config.json and *.safetensors")
-
-
 def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
     """Config, tokenizer and chat template from headers only (no weights are read).
 
@@ -106,19 +97,19 @@ def _inspect_gguf(path: Path) -> tuple[CheckpointInfo, Any]:
         tie_embeddings="output.weight" not in names,
         qkv_bias="blk.0.attn_q.bias" in names,
     )
+    tokens = meta.get("tokenizer.ggml.tokens")
+    config.check_token_ids(gguf_format.special_token_ids(meta), vocabulary=len(tokens) if tokens else None)
     tokenizer = tokenizer_from_gguf(meta)
     eos_text = ""
     if "tokenizer.ggml.eos_token_id" in meta:
-        eos_id, vocab = int(meta["tokenizer.ggml.eos_token_id"]), meta["tokenizer.ggml.tokens"]
-        if not 0 <= eos_id < len(vocab):
-            raise CheckpointError(f"tokenizer.ggml.eos_token_id is {eos_id}, outside the {len(vocab)}-token vocabulary")
-        eos_text = vocab[eos_id]
+        eos_text = tokens[int(meta["tokenizer.ggml.eos_token_id"])]
     special = _special_token_texts(tokenizer)
     special["eos_token"] = eos_text or special.get("eos_token", "")
     info = CheckpointInfo(
         config=config,
         tokenizer=tokenizer,
-        chat_template=ChatTemplate(meta.get("tokenizer.chat_template"), special_tokens=special),
+        chat_template=ChatTemplate(template_source(meta.get("tokenizer.chat_template"),
+                                                   key="GGUF key 'tokenizer.chat_template'"), special_tokens=special),
         format="gguf",
         quantization=gguf_format.quantization_name(reader),
         parameter_count=gguf_format.parameter_count(reader),
@@ -129,20 +120,26 @@ def _inspect_gguf(path: Path) -> tuple[CheckpointInfo, Any]:
 def _inspect_safetensors(directory: Path) -> CheckpointInfo:
     from safetensors import safe_open
 
-    hf_config = json.loads((directory / "config.json").read_text())
+    hf_config = read_json(directory / "config.json", limit=MAX_CONFIG_BYTES)
     config = ModelConfig.from_hf_config(hf_config)
+    ids = {f"config.json {k!r}": hf_config[k] for k in ("bos_token_id", "eos_token_id") if k in hf_config}
+    config.check_token_ids(ids)
     eos = hf_config.get("eos_token_id")
     eos_ids = frozenset(eos if isinstance(eos, list) else ([eos] if eos is not None else []))
     tokenizer = tokenizer_from_hf_dir(directory, eos_token_ids=eos_ids, bos_token_id=hf_config.get("bos_token_id"))
+    config.check_token_ids(ids, vocabulary=tokenizer.vocab_size)
     template_src = None
     tok_cfg_path = directory / "tokenizer_config.json"
     if (directory / "chat_template.jinja").is_file():
         template_src = (directory / "chat_template.jinja").read_text()
     elif tok_cfg_path.is_file():
-        template_src = json.loads(tok_cfg_path.read_text()).get("chat_template")
+        tok_cfg = read_json(tok_cfg_path, limit=MAX_TOKENIZER_CONFIG_BYTES)
+        template_src = template_source(tok_cfg.get("chat_template") if isinstance(tok_cfg, dict) else None,
+                                       key="tokenizer_config.json 'chat_template'")
     count = 0
     dtypes: dict[str, int] = {}
     for file in sorted(directory.glob("*.safetensors")):
+        scan_safetensors(file)  # the library keeps the last of two tensors of one name: refused here first
         with safe_open(str(file), framework="pt") as f:
             for key in f.keys():
                 sl = f.get_slice(key)

@@ -1,7 +1,10 @@
 """GGUF adapter: metadata (config, tokenizer, chat template) and tensors (state dict).
 
 Everything goes through the `gguf` package: its memory-mapping reader and its
-dequantizers. Reading metadata touches no tensor data.
+dequantizers. Reading metadata touches no tensor data. The reader trusts the header's
+counts, so a file reaches it only after headers.scan_gguf has checked them against the
+file's size. numpy and torch are imported where tensors are read: the metadata functions
+run in validation before torch is imported.
 """
 
 from __future__ import annotations
@@ -9,12 +12,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-
+from .config import number
 from .errors import CheckpointError
+from .headers import scan_gguf
+
+if TYPE_CHECKING:
+    import torch
 
 GGUF_MAGIC = b"GGUF"
 
@@ -30,9 +35,14 @@ def is_gguf(path: str | Path) -> bool:
 
 
 def open_reader(path: str | Path) -> Any:
+    """The gguf package's reader, once the header's counts are known to fit the file."""
     import gguf
 
-    return gguf.GGUFReader(str(path), "r")
+    scan_gguf(path)
+    try:
+        return gguf.GGUFReader(str(path), "r")
+    except (ValueError, KeyError, IndexError) as error:  # what the scan does not model, in the reader's words
+        raise CheckpointError(f"the gguf reader cannot read {Path(path).name}: {error}") from None
 
 
 def read_metadata(reader: Any) -> dict[str, Any]:
@@ -57,29 +67,36 @@ def config_kwargs(meta: dict[str, Any]) -> dict[str, Any]:
     Missing or non-numeric keys raise CheckpointError naming the key; ModelConfig checks the values."""
     arch = architecture(meta)
 
-    def key(name: str, default: Any = None, kind: type = int) -> Any:
+    def key(name: str, field: str | None, default: Any = None, kind: type = int) -> Any:
         value = meta.get(f"{arch}.{name}", default)
         if value is None:
             raise CheckpointError(f"GGUF metadata has no {arch}.{name}")
-        try:
-            return kind(value)
-        except (TypeError, ValueError):
-            raise CheckpointError(f"GGUF metadata {arch}.{name} is {value!r}, not a number") from None
+        return number(value, key=f"GGUF key '{arch}.{name}'", field=field, kind=kind)
 
-    n_heads = key("attention.head_count")
+    n_heads = key("attention.head_count", "n_heads")
     return dict(
         arch=arch,
-        vocab_size=key("vocab_size", len(meta.get("tokenizer.ggml.tokens") or ())),
-        dim=key("embedding_length"),
-        n_layers=key("block_count"),
+        vocab_size=key("vocab_size", "vocab_size", len(meta.get("tokenizer.ggml.tokens") or ())),
+        dim=key("embedding_length", "dim"),
+        n_layers=key("block_count", "n_layers"),
         n_heads=n_heads,
-        n_kv_heads=key("attention.head_count_kv", n_heads),
-        hidden_dim=key("feed_forward_length"),
-        max_seq_len=key("context_length", 2048),
-        rope_theta=key("rope.freq_base", 10000.0, float),
-        norm_eps=key("attention.layer_norm_rms_epsilon", 1e-5, float),
-        head_dim=key("attention.key_length", 0),  # 0: embedding_length // head_count, once ModelConfig checked both
+        n_kv_heads=key("attention.head_count_kv", "n_kv_heads", n_heads),
+        hidden_dim=key("feed_forward_length", "hidden_dim"),
+        max_seq_len=key("context_length", "max_seq_len", 2048),
+        rope_theta=key("rope.freq_base", None, 10000.0, float),
+        norm_eps=key("attention.layer_norm_rms_epsilon", None, 1e-5, float),
+        head_dim=key("attention.key_length", "head_dim", 0),  # 0: embedding_length // head_count, once checked
     )
+
+
+#: The special token ids the tokenizer and the chat template use; each must be a token of the vocabulary.
+SPECIAL_TOKEN_KEYS = ("tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id",
+                      "tokenizer.ggml.unknown_token_id")
+
+
+def special_token_ids(meta: dict[str, Any]) -> dict[str, Any]:
+    """GGUF key -> the id it gives, for the special tokens present (for ModelConfig.check_token_ids)."""
+    return {f"GGUF key {k!r}": meta[k] for k in SPECIAL_TOKEN_KEYS if k in meta}
 
 
 def quantization_name(reader: Any) -> str:
@@ -166,6 +183,8 @@ def iter_tensors(reader: Any, *, arch: str, n_heads: int, n_kv_heads: int) -> It
     (loading.assemble), which names the GGUF tensor; a q/k tensor whose rows do not even
     split into heads is passed on as it is, for that check to reject.
     """
+    import numpy as np
+    import torch
     from gguf.quants import dequantize
 
     unpermute = arch in PERMUTED_ROPE_ARCHS

@@ -8,19 +8,16 @@ slices of the fused weights.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .config import ModelConfig
+from .config import LORA_KEY, ModelConfig
 from .errors import CheckpointError
+from .headers import read_json, scan_safetensors
 from .model import Transformer
-
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-_KEY = re.compile(r"base_model\.model\.model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.lora_([AB])\.weight")
+from .preflight import ADAPTER_CONFIG, ADAPTER_WEIGHTS, MAX_CONFIG_BYTES
 
 #: Modules we train (plain Linears in our model, so training needs no fused-weight slicing).
 TRAIN_TARGETS = ("o_proj", "down_proj")
@@ -61,7 +58,9 @@ class LoRALinear(nn.Module):
         return self.base(x) + (x @ self.lora_A.T @ self.lora_B.T) * self.scale
 
 
-def attach(model: Transformer, *, rank: int, alpha: float, targets: tuple[str, ...] = TRAIN_TARGETS) -> list[nn.Parameter]:
+def attach(
+    model: Transformer, *, rank: int, alpha: float, targets: tuple[str, ...] = TRAIN_TARGETS
+) -> list[nn.Parameter]:
     """Wrap the target Linears of every layer in LoRALinear; returns the trainable parameters."""
     params: list[nn.Parameter] = []
     for layer in model.layers:
@@ -100,17 +99,19 @@ def save_adapter(model: Transformer, directory: Path, *, base_name: str, rank: i
 
 
 def read_adapter(directory: Path) -> tuple[dict, dict[tuple[int, str], dict[str, torch.Tensor]]]:
-    """adapter_config.json and the A/B pairs by (layer, module); every key must be a LoRA weight we know."""
+    """adapter_config.json and the A/B pairs by (layer, module); every key must be a LoRA weight we know.
+    (Validation checks the config and the names against the base first: preflight.check_adapter.)"""
     from safetensors.torch import load_file
 
-    config = json.loads((directory / ADAPTER_CONFIG).read_text())
+    config = read_json(directory / ADAPTER_CONFIG, limit=MAX_CONFIG_BYTES)
     if not isinstance(config, dict):
         raise CheckpointError(f"{ADAPTER_CONFIG} is not a JSON object")
     if config.get("peft_type", "LORA") != "LORA":
         raise CheckpointError(f"adapter type {config.get('peft_type')!r} is not LoRA")
     pairs: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+    scan_safetensors(directory / ADAPTER_WEIGHTS)
     for key, tensor in load_file(str(directory / ADAPTER_WEIGHTS)).items():
-        match = _KEY.fullmatch(key)
+        match = LORA_KEY.fullmatch(key)
         if match is None:
             raise CheckpointError(f"unexpected tensor {key!r} in the adapter")
         layer, _, module, which = match.groups()

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from .errors import CheckpointError
+from .headers import scan_safetensors
 
 _LAYER = {
     "input_layernorm.weight": "attention_norm.weight",
@@ -53,11 +54,13 @@ def file_name(ours: str) -> str:
 def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
     """All *.safetensors shards in float32 under our names (rotary.inv_freq buffers are skipped).
 
-    A name in two shards raises CheckpointError; shapes are the loader's to check (loading.assemble)."""
+    A name in two shards, or twice in one header, raises CheckpointError; so does a header whose counts do not
+    fit its file (headers.scan_safetensors). Shapes are the loader's to check (loading.assemble)."""
     from safetensors.torch import load_file
 
     state: dict[str, torch.Tensor] = {}
     for file in sorted(Path(directory).glob("*.safetensors")):
+        scan_safetensors(file)
         for name, tensor in load_file(str(file)).items():
             if name.endswith("rotary_emb.inv_freq"):
                 continue

@@ -5,6 +5,7 @@ tokenizer and chat-template paths are exercised. Holds no tests.
 """
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import gguf
@@ -16,7 +17,7 @@ CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\
 
 def byte_tokens() -> list[str]:
     """The 256 printable stand-ins GPT-2's byte-level BPE uses for raw bytes, in byte order."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     table, extra = {}, 0
     for byte in range(256):
         if byte in printable:
@@ -29,15 +30,20 @@ def byte_tokens() -> list[str]:
 
 def write_tiny_gguf(path: Path, *, seed: int = 0, dim: int = 32, n_layers: int = 2, n_heads: int = 4,
                     n_kv_heads: int = 2, hidden_dim: int = 64, context_length: int = 256,
-                    chat_template: str = CHATML, poison: str | None = None) -> Path:
-    """A tiny Llama GGUF. `poison` names a tensor to fill with NaN (a checkpoint that must be rejected)."""
+                    chat_template: str = CHATML, poison: str | None = None, bos_token_id: int = 257,
+                    eos_token_id: int = 258) -> Path:
+    """A tiny Llama GGUF (259 tokens). `poison` names a tensor to fill with NaN (a checkpoint that must be
+    rejected); the other arguments may lie too (a context length past 32 bits is written as a uint64)."""
     tokens = byte_tokens() + ["ab", "<|im_start|>", "<|im_end|>"]
     token_types = [gguf.TokenType.NORMAL] * 257 + [gguf.TokenType.CONTROL] * 2
     rng = np.random.default_rng(seed)
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_name("tiny-test-llama")
     writer.add_block_count(n_layers)
-    writer.add_context_length(context_length)
+    if context_length < 2**32:
+        writer.add_context_length(context_length)
+    else:
+        writer.add_uint64("llama.context_length", context_length)
     writer.add_embedding_length(dim)
     writer.add_feed_forward_length(hidden_dim)
     writer.add_head_count(n_heads)
@@ -51,8 +57,8 @@ def write_tiny_gguf(path: Path, *, seed: int = 0, dim: int = 32, n_layers: int =
     writer.add_token_list(tokens)
     writer.add_token_types(token_types)
     writer.add_token_merges(["a b"])
-    writer.add_bos_token_id(257)
-    writer.add_eos_token_id(258)
+    writer.add_bos_token_id(bos_token_id)
+    writer.add_eos_token_id(eos_token_id)
     writer.add_add_bos_token(False)
     writer.add_chat_template(chat_template)
 
@@ -81,3 +87,34 @@ def write_tiny_gguf(path: Path, *, seed: int = 0, dim: int = 32, n_layers: int =
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+# --- hand-made headers, for files the gguf writer would refuse to write ---------------------------------------
+
+def gguf_string(text: str | bytes, *, declared: int | None = None) -> bytes:
+    """A GGUF string: its byte length (or a `declared` one, which may lie) and its bytes."""
+    data = text.encode() if isinstance(text, str) else text
+    return struct.pack("<Q", len(data) if declared is None else declared) + data
+
+
+def raw_gguf(*, kv: list[bytes] = (), tensors: list[bytes] = (), tensor_count: int | None = None,
+             kv_count: int | None = None, tail: bytes = b"") -> bytes:
+    """A GGUF v3 file from encoded key/values and tensor infos; the counts may lie."""
+    counts = struct.pack("<QQ", len(tensors) if tensor_count is None else tensor_count,
+                         len(kv) if kv_count is None else kv_count)
+    return b"GGUF" + struct.pack("<I", 3) + counts + b"".join(kv) + b"".join(tensors) + tail
+
+
+def gguf_kv_string(key: str, value: str, *, declared: int | None = None) -> bytes:
+    return gguf_string(key) + struct.pack("<I", 8) + gguf_string(value, declared=declared)
+
+
+def gguf_kv_array(key: str, item_type: int, count: int, payload: bytes = b"") -> bytes:
+    """An array key/value declaring `count` elements of `item_type` (8 = string), followed by `payload`."""
+    return gguf_string(key) + struct.pack("<IIQ", 9, item_type, count) + payload
+
+
+def gguf_tensor_info(name: str, shape: tuple[int, ...], *, ggml_type: int = 0, offset: int = 0) -> bytes:
+    """One tensor's entry in the header (shape GGUF-ordered, ne0 first; type 0 = F32)."""
+    return gguf_string(name) + struct.pack("<I", len(shape)) + struct.pack(f"<{len(shape)}Q", *shape) \
+        + struct.pack("<IQ", ggml_type, offset)

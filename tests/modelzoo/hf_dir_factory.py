@@ -9,8 +9,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from modelzoo.engine import inspect_checkpoint
-from modelzoo.engine import gguf_format
+from modelzoo.engine import gguf_format, inspect_checkpoint
 from modelzoo.engine.safetensors_format import _LAYER, _TOP
 
 _HF_TOP = {ours: hf for hf, ours in _TOP.items()}
@@ -30,7 +29,8 @@ def write_hf_dir(gguf_path: Path, directory: Path) -> Path:
     reader = gguf_format.open_reader(gguf_path)
     state = gguf_format.read_state_dict(reader, arch=cfg.arch, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads)
     directory.mkdir(parents=True, exist_ok=True)
-    save_file({hf_name(name): tensor.contiguous() for name, tensor in state.items()}, str(directory / "model.safetensors"))
+    save_file({hf_name(name): tensor.contiguous() for name, tensor in state.items()},
+              str(directory / "model.safetensors"))
     eos = sorted(info.tokenizer.eos_token_ids)
     (directory / "config.json").write_text(json.dumps({
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": cfg.vocab_size,
@@ -47,8 +47,10 @@ def write_hf_dir(gguf_path: Path, directory: Path) -> Path:
 
 def write_random_hf_dir(directory: Path, *, vocab_size: int, bos_token_id: int, eos_token_id: int,
                         tokenizer_files: dict[str, bytes], seed: int = 0, dim: int = 32, n_layers: int = 2,
-                        n_heads: int = 4, n_kv_heads: int = 2, hidden_dim: int = 64, context_length: int = 256) -> Path:
-    """A tiny random-weight Llama folder (config.json, model.safetensors) holding `tokenizer_files` as given."""
+                        n_heads: int = 4, n_kv_heads: int = 2, hidden_dim: int = 64, context_length: int = 256,
+                        duplicate: str | None = None) -> Path:
+    """A tiny random-weight Llama folder (config.json, model.safetensors) holding `tokenizer_files` as given.
+    `duplicate` names a tensor that model.safetensors' header then lists twice (the second copy's bytes last)."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)
@@ -73,7 +75,10 @@ def write_random_hf_dir(directory: Path, *, vocab_size: int, bos_token_id: int, 
             prefix + "mlp.down_proj.weight": weight(dim, hidden_dim),
         }
     directory.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(directory / "model.safetensors"))
+    if duplicate is None:
+        save_file(state, str(directory / "model.safetensors"))
+    else:
+        write_safetensors_listing_twice(directory / "model.safetensors", state, duplicate)
     (directory / "config.json").write_text(json.dumps({
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": vocab_size, "hidden_size": dim,
         "num_hidden_layers": n_layers, "num_attention_heads": n_heads, "num_key_value_heads": n_kv_heads,
@@ -83,3 +88,21 @@ def write_random_hf_dir(directory: Path, *, vocab_size: int, bos_token_id: int, 
     for name, data in tokenizer_files.items():
         (directory / name).write_bytes(data)
     return directory
+
+
+def write_safetensors_listing_twice(path: Path, state: dict, name: str) -> Path:
+    """A float32 .safetensors whose header JSON names `name` twice, each entry with bytes of its own (JSON
+    parsers keep the last; the safetensors library does). The writer refuses this, so the file is made by hand."""
+    import struct
+
+    entries, blobs, offset = [], [], 0
+    for key, tensor in [*state.items(), (name, state[name] + 1)]:
+        data = tensor.float().contiguous().numpy().tobytes()
+        entries.append(f'"{key}": {{"dtype": "F32", "shape": {list(tensor.shape)}, '
+                       f'"data_offsets": [{offset}, {offset + len(data)}]}}')
+        blobs.append(data)
+        offset += len(data)
+    header = ("{" + ", ".join(entries) + "}").encode()
+    header += b" " * (-len(header) % 8)
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"".join(blobs))
+    return path

@@ -59,6 +59,8 @@ def test_it_validates_an_adapter_and_serves_it_merged_into_its_base(staff_client
     adapter = services.checkpoint_validate(checkpoint_id=Checkpoint.objects.get(name="tiny-lora").pk)
     assert adapter.status == Checkpoint.Status.READY, adapter.status_reason
     assert adapter.format == "lora" and adapter.base == tiny_base
+    assert adapter.status_reason == ("adapter_config.json base_model_name_or_path 'tiny' is not fetched: the adapter "
+                                     "is merged into the zoo checkpoint 'tiny'")
 
     served = pool.engine_for(adapter).checkpoint.model
     tokens = torch.tensor([[257, 10, 20, 30, 40]])
@@ -81,7 +83,8 @@ def test_it_rejects_an_adapter_zip_without_a_base_as_not_a_model(tiny_base, tmp_
 def test_it_rejects_an_adapter_for_another_shape(tiny_base, tmp_path):
     folder = tmp_path / "wrong"
     folder.mkdir()
-    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4}))
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4,
+                                                             "target_modules": ["o_proj"]}))
     save_file({"base_model.model.model.layers.0.self_attn.o_proj.lora_A.weight": torch.zeros(2, 99),
                "base_model.model.model.layers.0.self_attn.o_proj.lora_B.weight": torch.zeros(32, 2)},
               str(folder / "adapter_model.safetensors"))
@@ -103,7 +106,8 @@ def test_it_merges_q_and_v_updates_into_their_rows_of_the_fused_weight(tiny_base
     cfg = loaded.config
     before = loaded.model.layers[1].attention.wqkv.weight.clone()
     a, b = torch.randn(2, cfg.dim), torch.randn(cfg.kv_size, 2)
-    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 2}))
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 2,
+                                                               "target_modules": ["v_proj"]}))
     save_file({"base_model.model.model.layers.1.self_attn.v_proj.lora_A.weight": a,
                "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight": b},
               str(tmp_path / "adapter_model.safetensors"))

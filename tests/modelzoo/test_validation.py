@@ -41,17 +41,15 @@ def test_it_rejects_a_checkpoint_that_fails_a_check_with_its_reason_alone(tmp_pa
     assert report.reason.startswith("n_heads (4) is not a multiple of n_kv_heads (3)")
 
 
-@pytest.mark.slow
 def test_it_rejects_a_truncated_gguf(tmp_path: Path):
     whole = write_tiny_gguf(tmp_path / "whole.gguf").read_bytes()
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(whole[: len(whole) // 2])
     report = validate(cut)
     assert not report.ok
-    assert report.reason
+    assert report.reason.endswith(f"the file holds {len(whole) // 2} bytes (is it truncated?)")
 
 
-@pytest.mark.slow
 def test_it_rejects_a_header_that_declares_an_absurd_array_length(tmp_path: Path):
     key = b"tokenizer.ggml.tokens"
     header = b"GGUF" + struct.pack("<IQQ", 3, 0, 1)  # version 3, no tensors, one key
@@ -61,32 +59,39 @@ def test_it_rejects_a_header_that_declares_an_absurd_array_length(tmp_path: Path
     path.write_bytes(header + b"\0" * 64)
     report = validate(path, limits=Limits(timeout_s=20))
     assert not report.ok
-    assert report.reason
+    assert report.reason == ("GGUF key 'tokenizer.ggml.tokens' declares 2^62 array elements (string); "
+                             f"the file holds {path.stat().st_size} bytes")
 
 
-@pytest.mark.slow
 def test_it_rejects_a_chat_template_that_reaches_for_python_internals(tmp_path: Path):
     template = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
     report = validate(write_tiny_gguf(tmp_path / "escape.gguf", chat_template=template))
     assert not report.ok
-    assert "unsafe" in report.reason
+    assert report.reason == "the chat template failed: access to attribute '__class__' of 'str' object is unsafe."
 
 
-@pytest.mark.slow
 def test_it_stops_a_chat_template_that_eats_memory(tmp_path: Path):
     template = "{{ 'x' * 4000000000 }}"
     report = validate(write_tiny_gguf(tmp_path / "hog.gguf", chat_template=template),
                       limits=Limits(memory_bytes=3 * 1024**3))
     assert not report.ok
-    assert "Memory" in report.reason or "memory" in report.reason
+    assert report.reason == ("the chat template went past its budget: '*' would build a value of 4000000000 items "
+                             "(1 x 4000000000); at most 16777216 fit in memory")
 
 
-@pytest.mark.slow
 def test_it_stops_a_chat_template_that_loops_for_ever(tmp_path: Path):
     template = "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}"
-    report = validate(write_tiny_gguf(tmp_path / "spin.gguf", chat_template=template), limits=Limits(timeout_s=12))
+    report = validate(write_tiny_gguf(tmp_path / "spin.gguf", chat_template=template), limits=Limits(timeout_s=30))
     assert not report.ok
-    assert "longer than 12 s" in report.reason
+    assert report.reason.startswith("the chat template went past its budget: the template took more than")
+    assert report.seconds < 10
+
+
+def test_it_stops_a_child_that_runs_past_the_time_limit(tmp_path: Path):
+    report = validate(write_tiny_gguf(tmp_path / "tiny.gguf"), limits=Limits(timeout_s=0.5))
+    assert not report.ok
+    assert report.reason == "validation took longer than 0.5 s"
+    assert report.seconds < 5
 
 
 @pytest.mark.slow
