@@ -23,6 +23,8 @@ from datetime import timedelta
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.utils import timezone
 
@@ -91,6 +93,21 @@ async def _generate(request: HttpRequest, *, task: str) -> HttpResponse:
     key = idempotency.request_key(request)
     parsed = await sync_to_async(parse_request)(body, task=task)
     user = request.api_user
+    if not await streams.stream_open(user_id=user.pk):  # a waiting answer follows a stream as much as a streamed one
+        raise ApiError(429, f"Too many open requests: at most {settings.STREAMS_PER_USER} per user",
+                       type="requests", code="rate_limit_exceeded", retry_after_s=5)
+    try:
+        response = await _answer(request, task=task, body=body, key=key, parsed=parsed)
+    except BaseException:
+        await streams.stream_close(user_id=user.pk)
+        raise
+    if not isinstance(response, StreamingHttpResponse):  # a streamed answer closes its slot when it ends
+        await streams.stream_close(user_id=user.pk)
+    return response
+
+
+async def _answer(request: HttpRequest, *, task: str, body: Any, key: str | None, parsed: Any) -> HttpResponse:
+    user = request.api_user
     replayed = False
     if key is None:
         jobs = await sync_to_async(create_jobs)(user=user, request=parsed)
@@ -99,12 +116,13 @@ async def _generate(request: HttpRequest, *, task: str) -> HttpResponse:
             user=user, key=key, fingerprint=idempotency.fingerprint(task=task, body=body),
             create=lambda: create_jobs(user=user, request=parsed))
     ids = request.api_job_ids = [job.pk for job in jobs]  # errors from here on name them (errors.after_jobs)
+    await sync_to_async(lambda: connection.close())()  # not held while following the jobs' streams
     headers = {"X-Job-Ids": ",".join(map(str, ids))}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
     reply = Reply(task=task, model=parsed.checkpoint.name, job_ids=ids, created=int(jobs[0].created_at.timestamp()))
     if parsed.stream:
-        response = StreamingHttpResponse(_stream(reply, include_usage=parsed.include_usage),
+        response = StreamingHttpResponse(_stream(reply, include_usage=parsed.include_usage, user_id=user.pk),
                                          content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
@@ -116,7 +134,7 @@ async def _generate(request: HttpRequest, *, task: str) -> HttpResponse:
         except asyncio.CancelledError:  # the client went away: nobody will read these jobs' answers
             await sync_to_async(services.jobs_cancel_unfinished)(job_ids=ids)
             raise
-        finished = await sync_to_async(_jobs)(ids)
+        finished = await streams.db_read(_jobs, ids=ids)
         failed = [job for job in finished if job.status == Job.Status.FAILED]
         if failed:
             raise job_failed_error(failed[0])
@@ -137,10 +155,10 @@ async def _follow(ids: list[int]) -> AsyncIterator[tuple[int, str, Any]]:
     async for job_id, _, kind, value in streams.read_events(job_ids=ids):
         if kind == "idle":
             # A job that ended without an end entry (its worker died for good, the stream expired...).
-            done = await sync_to_async(lambda: set(Job.objects.filter(
+            done = await streams.db_read(lambda: set(Job.objects.filter(
                 pk__in=open_ids, status__in=Job.FINISHED_STATUSES,
                 finished_at__lt=timezone.now() - timedelta(seconds=streams.STREAM_END_GRACE_S),
-            ).values_list("pk", flat=True)))()
+            ).values_list("pk", flat=True)))
             for job_id in done:
                 open_ids.discard(job_id)
                 yield job_id, "end", None
@@ -158,7 +176,7 @@ def _data(payload: Any) -> bytes:
     return f"data: {json.dumps(payload)}\n\n".encode()
 
 
-async def _stream(reply: Reply, *, include_usage: bool) -> AsyncIterator[bytes]:
+async def _stream(reply: Reply, *, include_usage: bool, user_id: int) -> AsyncIterator[bytes]:
     """The chunks of the jobs' streams. A job whose stream no longer holds all of its text (a replay after
     STREAM_TTL_S, an end read from the database) gets the rest of its stored output before its finish chunk.
     A failed job ends the stream with its error (and cancels the other choices); Redis lost or a bug ends it
@@ -175,7 +193,7 @@ async def _stream(reply: Reply, *, include_usage: bool) -> AsyncIterator[bytes]:
                 sent[job_id].append(value)
                 yield _data(reply.chunk(index[job_id], text=value))
             elif kind == "end":
-                job = await sync_to_async(Job.objects.get)(pk=job_id)
+                job = await streams.db_read(Job.objects.get, pk=job_id)
                 if job.status == Job.Status.FAILED:
                     yield _data(job_failed_error(job).body())
                     done = True
@@ -187,7 +205,7 @@ async def _stream(reply: Reply, *, include_usage: bool) -> AsyncIterator[bytes]:
                 reason = FINISH_REASONS.get(job.finish_reason, "stop")
                 yield _data(reply.chunk(index[job_id], finish_reason=reason))
         if include_usage:
-            jobs = await sync_to_async(_jobs)(reply.job_ids)
+            jobs = await streams.db_read(_jobs, ids=reply.job_ids)
             yield _data({**reply.chunk(0), "choices": [], "usage": reply.usage(jobs)})
         done = True
         yield b"data: [DONE]\n\n"
@@ -199,5 +217,6 @@ async def _stream(reply: Reply, *, include_usage: bool) -> AsyncIterator[bytes]:
         done = True
         yield _data(internal_error(f"stream of jobs {reply.job_ids}").body())
     finally:
+        await streams.stream_close(user_id=user_id)
         if not done:  # the client disconnected mid-stream (CancelledError / aclose): stop its jobs
             await sync_to_async(services.jobs_cancel_unfinished)(job_ids=reply.job_ids)
