@@ -5,9 +5,10 @@ from typing import Any
 
 from django import forms
 
-from generation import limits, prompts
+from generation import chat, limits, prompts
 from generation.models import Job
 from modelzoo.models import Checkpoint
+
 
 class CheckpointChoiceField(forms.ModelChoiceField):
     def label_from_instance(self, obj: Checkpoint) -> str:
@@ -125,3 +126,65 @@ class JobForm(forms.Form):
             **{name: data[name] for name in Job.SAMPLING_FIELDS},
             "prompt_tokens": self.prompt_tokens,
         }
+
+
+# --- conversations -------------------------------------------------------------------------------------------
+
+
+def context_error_text(exc: limits.ContextTooLong, *, checkpoint: Checkpoint) -> str:
+    """How the conversation forms word a message that does not fit even without the earlier turns."""
+    if exc.prompt_too_long:
+        return (f"This message is {exc.prompt_tokens} tokens with the system prompt, too long for the "
+                f"{exc.window}-token context window of {checkpoint.name}. Shorten it.")
+    return (f"This message is {exc.prompt_tokens} tokens with the system prompt, so at most {exc.room} new tokens "
+            f"fit in the {exc.window}-token context window of {checkpoint.name}; lower max tokens or shorten it.")
+
+
+class ChatSamplingMixin(forms.Form):
+    """The two sampling settings a chat message may change (blank: the chat task's default)."""
+
+    max_tokens = _bounded(forms.IntegerField, limits.MAX_TOKENS, help_text="Blank: up to "
+                          f"{prompts.TASK_DEFAULTS[Job.Task.CHAT].max_tokens}, or what the context window leaves")
+    temperature = _bounded(forms.FloatField, limits.TEMPERATURE, help_text="0 = greedy")
+
+
+class ConversationMessageForm(ChatSamplingMixin):
+    message = forms.CharField(widget=forms.Textarea(attrs={"rows": 3, "placeholder": "Your message"}),
+                              error_messages={"required": "Write a message."}, label="Message")
+    field_order = ["message", "max_tokens", "temperature"]
+
+
+class ConversationForm(ConversationMessageForm):
+    """A new conversation: its system prompt (from a preset, edited at will) and the first message."""
+
+    title = forms.CharField(max_length=200, required=False, help_text="Blank: the start of the first message")
+    preset = forms.ChoiceField(choices=[("", "As written below"), *((key, preset.label)
+                                                                   for key, preset in chat.PRESETS.items())],
+                               initial=chat.DEFAULT_PRESET, required=False, label="Start from",
+                               help_text="A preset fills in the system prompt below; edit it as you like.")
+    system_prompt = forms.CharField(widget=forms.Textarea(attrs={"rows": 4}), required=False,
+                                    initial=chat.PRESETS[chat.DEFAULT_PRESET].system_prompt,
+                                    help_text="Sent to the model before every turn. Blank: none.")
+    checkpoint = CheckpointChoiceField(
+        queryset=Checkpoint.objects.ready().prefetch_related("task_defaults"), required=False,
+        empty_label="The default", error_messages={"invalid_choice": "Choose one of the available checkpoints."},
+    )
+    #: A chat job whose messages this conversation repeats (its preamble); the view checks the owner.
+    from_job = forms.IntegerField(required=False, widget=forms.HiddenInput)
+    field_order = ["title", "preset", "system_prompt", "checkpoint", "message", "max_tokens", "temperature"]
+
+
+class ConversationEditForm(forms.Form):
+    title = forms.CharField(max_length=200, required=False)
+    system_prompt = forms.CharField(widget=forms.Textarea(attrs={"rows": 4}), required=False,
+                                    help_text="Used from the next message on.")
+
+
+class RatingForm(forms.Form):
+    VALUES = {"up": Job.Rating.UP, "down": Job.Rating.DOWN, "clear": None}
+
+    rating = forms.ChoiceField(choices=[(key, key) for key in VALUES])
+    comment = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False, max_length=2000)
+
+    def rating_value(self) -> int | None:
+        return self.VALUES[self.cleaned_data["rating"]]

@@ -14,6 +14,32 @@ if TYPE_CHECKING:
     from modelzoo.engine.sampling import SamplingParams
 
 
+class Conversation(models.Model):
+    """A chat thread of one user: a system prompt and turns, each turn a Job (task chat) linked here.
+
+    `preamble` holds messages carried over from elsewhere (the earlier messages of an API chat job opened as
+    a conversation): they come before the first turn, as if they had been turns of this thread."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
+    title = models.CharField(max_length=200, blank=True)
+    system_prompt = models.TextField(blank=True)
+    preset = models.CharField(max_length=20, blank=True, help_text="The system-prompt preset it started from")
+    checkpoint = models.ForeignKey("modelzoo.Checkpoint", on_delete=models.SET_NULL, null=True, blank=True,
+                                   related_name="conversations", help_text="Empty: the chat task's default")
+    preamble = models.JSONField(default=list, blank=True, help_text='[{"role": ..., "content": ...}, ...]')
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True, db_index=True)
+
+    class Meta:
+        ordering = ["-updated_at", "-id"]
+
+    def __str__(self) -> str:
+        return self.title or f"Conversation {self.pk}"
+
+    def get_absolute_url(self) -> str:
+        return reverse("generation:conversation_detail", args=[self.pk])
+
+
 class Job(models.Model):
     Task = Task
     WEB_TASKS = WEB_TASKS
@@ -30,6 +56,10 @@ class Job(models.Model):
         CANCELLED = "cancelled", "Cancelled"
 
     FINISHED_STATUSES = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+
+    class Rating(models.IntegerChoices):
+        UP = 1, "Good answer"
+        DOWN = -1, "Bad answer"
 
     #: The sampling settings of a job (their bounds: generation.limits).
     SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "max_tokens", "seed", "repetition_penalty")
@@ -51,6 +81,8 @@ class Job(models.Model):
 
     checkpoint = models.ForeignKey("modelzoo.Checkpoint", on_delete=models.PROTECT, related_name="jobs")
     source = models.CharField(max_length=10, choices=Source.choices, default=Source.WEB)
+    conversation = models.ForeignKey(Conversation, on_delete=models.SET_NULL, null=True, blank=True,
+                                     related_name="turns")
 
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED, db_index=True)
     output = models.TextField(blank=True)
@@ -68,6 +100,10 @@ class Job(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     #: While running: the worker renews this; past it the job's worker is taken for gone (runner.jobs_reconcile).
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+
+    rating = models.SmallIntegerField(choices=Rating.choices, null=True, blank=True, db_index=True)
+    rating_comment = models.TextField(blank=True)
+    rated_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -97,6 +133,52 @@ class Job(models.Model):
         if self.started_at is None:
             return None
         return max(0.0, (self.started_at - self.created_at).total_seconds())
+
+    def ttft_from_submission(self) -> float | None:
+        """Seconds from submission to the first token: what the user waited (queue wait + engine's ttft)."""
+        if self.first_token_at is None:
+            return None
+        return max(0.0, (self.first_token_at - self.created_at).total_seconds())
+
+    def elapsed(self) -> float | None:
+        """Seconds from submission to the end."""
+        if self.finished_at is None:
+            return None
+        return max(0.0, (self.finished_at - self.created_at).total_seconds())
+
+    #: How the job page words why a generation ended.
+    FINISH_TEXTS = {"length": "stopped at the token limit", "stop": "stopped at the end of the answer",
+                    "timeout": "stopped at the time limit", "cancelled": "stopped by you"}
+
+    def finish_text(self) -> str:
+        if self.status == self.Status.CANCELLED:
+            return self.FINISH_TEXTS["cancelled"]
+        if self.status == self.Status.FAILED and self.finish_reason != "timeout":
+            return ""
+        return self.FINISH_TEXTS.get(self.finish_reason, "") if self.is_finished else ""
+
+    @property
+    def stopped_at_length(self) -> bool:
+        return self.status == self.Status.SUCCEEDED and self.finish_reason == "length"
+
+    def chat_messages(self) -> list[dict[str, str]]:
+        """The messages of a chat job as sent to the model (system prompt included), else []."""
+        if self.task != self.Task.CHAT:
+            return []
+        return [m for m in self.options.get("messages") or [] if isinstance(m, dict)]
+
+    def answer_so_far(self) -> str:
+        """For a continuation (services.job_continue): the answer it continues, which its own output extends."""
+        if not self.options.get("continues"):
+            return ""
+        if self.task == self.Task.COMPLETION:
+            return str(self.options.get("answer_so_far", ""))
+        assistant = [m for m in self.chat_messages() if m.get("role") == "assistant"]
+        return str(assistant[-1]["content"]) if assistant else ""
+
+    def full_output(self) -> str:
+        """The whole answer the job page shows: the answer it continues (if any) and its own output."""
+        return self.answer_so_far() + self.output
 
     def duration(self) -> float | None:
         if self.started_at is None or self.finished_at is None:
@@ -155,6 +237,14 @@ class Job(models.Model):
             "batch_size": self.batch_size,
             "ttft_s": self.ttft(),
             "tokens_per_s": self.tokens_per_s(),
+            "queue_wait_s": self.queue_wait(),
+            "ttft_from_submission_s": self.ttft_from_submission(),
+            "elapsed_s": self.elapsed(),
+            "finish_text": self.finish_text(),
+            "conversation_id": self.conversation_id,
+            "answer_so_far": self.answer_so_far(),
+            "rating": self.rating,
+            "rating_comment": self.rating_comment,
             "created_at": iso(self.created_at),
             "started_at": iso(self.started_at),
             "first_token_at": iso(self.first_token_at),

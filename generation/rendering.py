@@ -1,12 +1,21 @@
-"""Model output to HTML. Output is untrusted text: everything is escaped. For code jobs the model's markdown is
-split into prose and fenced code blocks, and the code is highlighted with Pygments (which escapes it too)."""
+"""Model output to HTML. Output is untrusted text: it is rendered as Markdown with raw HTML off (markdown-it-py:
+any tag the model writes comes out as text), fenced code is highlighted with Pygments (which escapes it), and
+the result passes an allowlist sanitizer (nh3) before it is marked safe. The job page's script renders the
+same Markdown while tokens arrive (markdown-it + DOMPurify, vendored under static/generation/vendor/); this
+stored rendering replaces it when the job ends.
+
+Images are not rendered (the Content-Security-Policy would refuse remote ones anyway), nor are inline styles;
+links get rel="noopener noreferrer nofollow" and only http(s) and mailto targets."""
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
+import nh3
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
+from markdown_it import MarkdownIt
 from pygments import highlight
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import get_lexer_by_name
@@ -21,6 +30,13 @@ _FENCE = re.compile(
 )
 
 FORMATTER = HtmlFormatter(cssclass="highlight", wrapcode=True)
+
+#: What the sanitizer lets through: Markdown's own elements, Pygments' spans, and class attributes only.
+ALLOWED_TAGS = {
+    "p", "br", "hr", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "ul", "ol", "li", "strong", "em", "s",
+    "del", "code", "pre", "a", "table", "thead", "tbody", "tr", "th", "td", "div", "span",
+}
+ALLOWED_ATTRIBUTES = {"*": {"class"}, "a": {"href", "title"}, "ol": {"start"}}
 
 
 @dataclass(frozen=True)
@@ -64,23 +80,46 @@ def render_prose(text: str) -> SafeString:
     return format_html('<div class="prose">{}</div>', text)
 
 
-def render_output(text: str, *, task: str, language: str = "") -> SafeString:
-    """HTML for a job's output: escaped prose, and for code jobs highlighted code blocks kept apart from it."""
+def _markdown(fallback_language: str) -> MarkdownIt:
+    md = MarkdownIt("commonmark", {"html": False, "breaks": True}).enable(["table", "strikethrough"])
+    md.disable("image")
+
+    def fence(renderer: Any, tokens: list[Any], idx: int, options: Any, env: Any) -> str:
+        token = tokens[idx]
+        language = token.info.strip().split(maxsplit=1)[0].lower() if token.info.strip() else ""
+        code = token.content[:-1] if token.content.endswith("\n") else token.content
+        return str(highlight_code(code, language=language, fallback=fallback_language))
+
+    md.add_render_rule("fence", fence)
+    md.add_render_rule("code_block", fence)
+    return md
+
+
+def sanitize(html: str) -> str:
+    return nh3.clean(html, tags=ALLOWED_TAGS, attributes=ALLOWED_ATTRIBUTES, url_schemes={"http", "https", "mailto"},
+                     link_rel="noopener noreferrer nofollow", strip_comments=True)
+
+
+def render_markdown(text: str, *, language: str = "") -> SafeString:
+    """Sanitized HTML of Markdown text; fenced code without a language is highlighted as `language`."""
     if not text:
         return mark_safe("")
-    if task != "code":
+    return mark_safe(f'<div class="markdown">{sanitize(_markdown(language).render(text))}</div>')
+
+
+def render_output(text: str, *, task: str, language: str = "") -> SafeString:
+    """HTML for a job's output: Markdown with highlighted code for the answer tasks; a completion (raw text that
+    continues a prompt, not an answer) stays plain escaped text."""
+    if not text:
+        return mark_safe("")
+    if task == "completion":
         return render_prose(text)
-    parts: list[str] = []
-    for segment in split_markdown(text):
-        if segment.kind == "code":
-            parts.append(str(highlight_code(segment.text, language=segment.language, fallback=language)))
-        else:
-            parts.append(str(render_prose(segment.text)))
-    return mark_safe("".join(parts))
+    return render_markdown(text, language=language)
 
 
 def pygments_css() -> str:
     return FORMATTER.get_style_defs(".highlight")
 
 
-__all__ = ["Segment", "split_markdown", "render_output", "highlight_code", "pygments_css"]
+__all__ = ["Segment", "split_markdown", "render_output", "render_markdown", "sanitize", "highlight_code",
+           "pygments_css"]

@@ -10,17 +10,28 @@ from django.db.models import Count, Min, Q, QuerySet
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
-from generation.models import ApiKey, Job
+from generation.models import ApiKey, Conversation, Job
 from modelzoo.models import Checkpoint
 
+#: The history's rating filter: value -> its label and the jobs it keeps.
+RATING_FILTERS: dict[str, tuple[str, Q]] = {
+    "up": ("Rated good", Q(rating=Job.Rating.UP)),
+    "down": ("Rated bad", Q(rating=Job.Rating.DOWN)),
+    "rated": ("Rated", Q(rating__isnull=False)),
+    "unrated": ("Not rated", Q(rating__isnull=True)),
+}
 
-def job_list_for_user(*, user: Any, task: str = "", status: str = "", q: str = "") -> QuerySet[Job]:
-    """The user's jobs, newest first, optionally filtered by task, status and a search in the prompt."""
+
+def job_list_for_user(*, user: Any, task: str = "", status: str = "", q: str = "", rating: str = "") -> QuerySet[Job]:
+    """The user's jobs, newest first, optionally filtered by task, status, rating (a key of RATING_FILTERS) and
+    a search in the prompt."""
     jobs = Job.objects.filter(owner=user).select_related("checkpoint").order_by("-created_at", "-id")
     if task:
         jobs = jobs.filter(task=task)
     if status:
         jobs = jobs.filter(status=status)
+    if rating in RATING_FILTERS:
+        jobs = jobs.filter(RATING_FILTERS[rating][1])
     if q.strip():
         jobs = jobs.filter(Q(prompt__icontains=q.strip()))
     return jobs
@@ -29,6 +40,29 @@ def job_list_for_user(*, user: Any, task: str = "", status: str = "", q: str = "
 def job_get_for_user(*, user: Any, job_id: int) -> Job:
     """The user's job; Http404 for a job of anybody else, exactly as for one that does not exist."""
     return get_object_or_404(Job.objects.select_related("checkpoint"), pk=job_id, owner=user)
+
+
+def job_can_continue(*, job: Job) -> bool:
+    """Whether a Continue can extend the job's answer (services.job_continue): it stopped at the token limit,
+    and in a conversation it is the newest turn."""
+    if not job.stopped_at_length:
+        return False
+    return not (job.conversation_id and Job.objects.filter(conversation_id=job.conversation_id, pk__gt=job.pk).exists())
+
+
+def conversation_list_for_user(*, user: Any) -> QuerySet[Conversation]:
+    """The user's conversations, the most recently active first, with their number of turns."""
+    return Conversation.objects.filter(owner=user).annotate(n_turns=Count("turns")).order_by("-updated_at", "-id")
+
+
+def conversation_get_for_user(*, user: Any, conversation_id: int) -> Conversation:
+    """The user's conversation; Http404 for anybody else's, exactly as for one that does not exist."""
+    return get_object_or_404(Conversation.objects.select_related("checkpoint"), pk=conversation_id, owner=user)
+
+
+def conversation_turns(*, conversation: Conversation) -> list[Job]:
+    """The conversation's turns, oldest first."""
+    return list(conversation.turns.select_related("checkpoint").order_by("created_at", "id"))
 
 
 def jobs_waiting_exist(*, checkpoint_id: int) -> bool:

@@ -11,9 +11,9 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from generation import limits, prompts, streams
+from generation import chat, limits, prompts, streams
 from generation.fleet import queues
-from generation.models import ApiKey, Job
+from generation.models import ApiKey, Conversation, Job
 from modelzoo.models import Checkpoint
 
 logger = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ def job_create(
     repetition_penalty: float = 1.0,
     prompt_tokens: int | None = None,
     source: str = Job.Source.WEB,
+    conversation: Conversation | None = None,
 ) -> Job:
     """Create a queued job and enqueue it once the transaction commits.
 
@@ -61,6 +62,7 @@ def job_create(
             repetition_penalty=repetition_penalty,
             prompt_tokens=prompt_tokens,
             source=source,
+            conversation=conversation,
         )
         transaction.on_commit(lambda: job_enqueue(job=job))
     return job
@@ -139,6 +141,183 @@ def job_replay(*, job: Job) -> Job:
     inputs = job.inputs()
     [new] = jobs_submit(owner=job.owner, source=inputs.pop("source"), inputs=[inputs])
     return new
+
+
+def job_rate(*, job: Job, rating: int | None, comment: str = "") -> None:
+    """Rate the answer (Job.Rating: up or down, with an optional comment), or clear the rating (None)."""
+    if rating is None:
+        job.rating, job.rating_comment, job.rated_at = None, "", None
+    else:
+        job.rating, job.rating_comment, job.rated_at = Job.Rating(rating), comment.strip(), timezone.now()
+    job.save(update_fields=["rating", "rating_comment", "rated_at"])
+
+
+class CannotContinue(Exception):
+    """The job is not an answer that a Continue can extend; the message says why."""
+
+
+def job_continue(*, job: Job) -> Job:
+    """Continue an answer that stopped at the token limit: a new queued job whose text extends it.
+
+    How: the model gets the same input as before (system prompt, earlier turns, the question), then its cut
+    answer as an assistant message, then a user message asking it to go on from there (chat.CONTINUE_PROMPT).
+    That works with any checkpoint's chat template as it is; rendering the template with the assistant's
+    message left open would need a second way to render every template. So the new job is a chat job (only
+    chat jobs carry a message list), whatever the task of the one it continues, with
+    `options["continues"]` = that job's id. Its page shows the answer so far followed by the new text
+    (Job.full_output), and a further Continue extends that whole answer. In a conversation it is the next
+    turn (only the newest turn can be continued), and later turns see one answer (chat.turn_messages).
+    A completion (raw text, no template) is continued the plain way: the new prompt is the old prompt plus
+    its output. Earlier turns are left out, oldest first, when the longer input no longer fits the context
+    window; the answer gets the old job's max_tokens, or the room that is left. Raises CannotContinue,
+    limits.ContextTooLong (the answer itself no longer fits) or limits.QuotaExceeded.
+    """
+    if not job.stopped_at_length:
+        raise CannotContinue("Only an answer that stopped at the token limit can be continued.")
+    if job.conversation_id and job.conversation.turns.filter(pk__gt=job.pk).exists():
+        raise CannotContinue("Only the newest turn of a conversation can be continued.")
+    checkpoint = job.checkpoint if job.checkpoint.is_ready else Checkpoint.default(task=Job.Task.CHAT)
+    if checkpoint is None:
+        raise CannotContinue("No checkpoint is ready; ask an administrator to add one.")
+    answer = job.full_output()
+    if job.task == Job.Task.COMPLETION:
+        prompt = job.prompt + job.output
+        fit = limits.fit_context(checkpoint=checkpoint, task=job.task, prompt=prompt, max_tokens=None,
+                                 default_max_tokens=job.max_tokens)
+        inputs = {**job.inputs(), "prompt": prompt, "checkpoint": checkpoint, "max_tokens": fit.max_tokens,
+                  "prompt_tokens": len(fit.prompt_ids),
+                  "options": {**job.options, "continues": job.pk, "answer_so_far": answer}}
+    else:
+        if job.task == Job.Task.CHAT:
+            # A continuation's messages end with the answer it continued and the request to go on: drop both.
+            sent = job.chat_messages()[:-2] if job.options.get("continues") else job.chat_messages()
+        else:
+            sent = prompts.build_messages(task=job.task, prompt=job.prompt, context=job.context, options=job.options)
+        system = "\n\n".join(m["content"] for m in sent if m["role"] == "system")
+        groups = chat.preamble_groups([m for m in sent if m["role"] != "system"])
+        question = groups.pop() if groups else []
+        plan = chat.fit_turns(checkpoint=checkpoint, system_prompt=system, history=groups,
+                              new=[*question, {"role": "assistant", "content": answer},
+                                   {"role": "user", "content": chat.CONTINUE_PROMPT}],
+                              max_tokens=None, default_max_tokens=job.max_tokens)
+        inputs = {**job.inputs(), "task": Job.Task.CHAT, "checkpoint": checkpoint, "context": "",
+                  "max_tokens": plan.max_tokens, "prompt_tokens": plan.prompt_tokens,
+                  "options": {"messages": plan.messages, "continues": job.pk,
+                              "left_out": plan.left_out + int(job.options.get("left_out") or 0),
+                              **({"stop": job.options["stop"]} if job.options.get("stop") else {})}}
+    source = inputs.pop("source")
+    with limits.admission():
+        limits.check_quotas(user=job.owner, n=1)
+        new = job_create(owner=job.owner, source=source, conversation=job.conversation, **inputs)
+    if job.conversation_id:
+        Conversation.objects.filter(pk=job.conversation_id).update(updated_at=timezone.now())
+    return new
+
+
+# --- conversations -------------------------------------------------------------------------------------------
+
+
+class ConversationBusy(Exception):
+    """The conversation's newest turn has not finished: the next message waits for its answer."""
+
+
+class NoCheckpoint(Exception):
+    """No checkpoint is ready to serve the conversation."""
+
+
+def conversation_checkpoint(*, conversation: Conversation) -> Checkpoint:
+    """The conversation's own checkpoint while it is ready, else the chat task's default."""
+    checkpoint = conversation.checkpoint
+    if checkpoint is None or not checkpoint.is_ready:
+        checkpoint = Checkpoint.default(task=Job.Task.CHAT)
+    if checkpoint is None:
+        raise NoCheckpoint("No checkpoint is ready; ask an administrator to add one.")
+    return checkpoint
+
+
+def conversation_plan(*, conversation: Conversation, message: str, max_tokens: int | None = None) -> chat.Plan:
+    """The messages the next turn would send (the thread so far, trimmed to fit) and their token counts.
+    Raises NoCheckpoint or limits.ContextTooLong (the new message alone does not fit)."""
+    turns = list(conversation.turns.order_by("created_at", "id")) if conversation.pk else []
+    history = chat.preamble_groups(conversation.preamble) + chat.turn_messages(turns)
+    return chat.fit_turns(checkpoint=conversation_checkpoint(conversation=conversation),
+                          system_prompt=conversation.system_prompt, history=history,
+                          new=[{"role": "user", "content": message}], max_tokens=max_tokens,
+                          default_max_tokens=prompts.TASK_DEFAULTS[Job.Task.CHAT].max_tokens)
+
+
+def conversation_turn_submit(*, conversation: Conversation, message: str, max_tokens: int | None = None,
+                             temperature: float | None = None) -> Job:
+    """Queue the next turn: a chat job whose messages are the system prompt, the earlier exchanges (the
+    oldest left out when the context window would be exceeded; `options["left_out"]` says how many) and
+    `message`. Raises ConversationBusy (the newest turn is still queued or running), NoCheckpoint,
+    limits.ContextTooLong or limits.QuotaExceeded."""
+    defaults = prompts.TASK_DEFAULTS[Job.Task.CHAT]
+    busy = conversation.turns.filter(status__in=[Job.Status.QUEUED, Job.Status.RUNNING])
+    if busy.exists():
+        raise ConversationBusy("Wait for the answer to your last message, or stop it, before sending the next.")
+    plan = conversation_plan(conversation=conversation, message=message, max_tokens=max_tokens)
+    with limits.admission():
+        if busy.exists():  # a second request that came meanwhile
+            raise ConversationBusy("Wait for the answer to your last message, or stop it, before sending the next.")
+        limits.check_quotas(user=conversation.owner, n=1)
+        job = job_create(
+            owner=conversation.owner, task=Job.Task.CHAT, prompt=message,
+            checkpoint=conversation_checkpoint(conversation=conversation),
+            options={"messages": plan.messages, "left_out": plan.left_out},
+            temperature=defaults.temperature if temperature is None else temperature, top_p=defaults.top_p,
+            top_k=defaults.top_k, max_tokens=plan.max_tokens, repetition_penalty=defaults.repetition_penalty,
+            prompt_tokens=plan.prompt_tokens, conversation=conversation,
+        )
+    Conversation.objects.filter(pk=conversation.pk).update(updated_at=timezone.now())
+    return job
+
+
+def conversation_start(*, owner: Any, message: str, system_prompt: str, title: str = "", preset: str = "",
+                       checkpoint: Checkpoint | None = None, preamble: list[dict[str, str]] | None = None,
+                       max_tokens: int | None = None, temperature: float | None = None) -> tuple[Conversation, Job]:
+    """A new conversation and its first turn. Nothing is stored when the turn cannot be queued (the errors
+    of conversation_turn_submit)."""
+    conversation = Conversation(owner=owner, title=(title.strip() or _title_of(message))[:200],
+                                system_prompt=system_prompt, preset=preset, checkpoint=checkpoint,
+                                preamble=list(preamble or []))
+    conversation_plan(conversation=conversation, message=message, max_tokens=max_tokens)  # fits, before saving
+    conversation.save()
+    try:
+        job = conversation_turn_submit(conversation=conversation, message=message, max_tokens=max_tokens,
+                                       temperature=temperature)
+    except BaseException:
+        conversation.delete()
+        raise
+    return conversation, job
+
+
+def _title_of(message: str) -> str:
+    words = " ".join(message.split())
+    return words if len(words) <= 60 else words[:59].rstrip() + "…"
+
+
+def conversation_update(*, conversation: Conversation, title: str, system_prompt: str) -> None:
+    """Rename the conversation or change its system prompt (used from the next turn on)."""
+    conversation.title = title.strip()[:200] or conversation.title
+    conversation.system_prompt = system_prompt
+    conversation.save(update_fields=["title", "system_prompt", "updated_at"])
+
+
+def conversation_delete(*, conversation: Conversation) -> None:
+    """Delete the thread; its turns stay in the history as chat jobs (and are cancelled if unfinished)."""
+    jobs_cancel_unfinished(job_ids=list(conversation.turns.values_list("pk", flat=True)))
+    conversation.delete()
+
+
+def conversation_rerun_initial(*, job: Job) -> dict[str, Any]:
+    """How a chat job opens as a new conversation that repeats it: its system prompt, its earlier messages
+    (carried over as the conversation's preamble) and its last user message, ready to send again."""
+    system, earlier, message = chat.split_chat_job(job.chat_messages() or [{"role": "user", "content": job.prompt}])
+    return {"system_prompt": system, "preamble": earlier, "message": message,
+            "title": f"Rerun of job {job.pk}", "preset": "",
+            "checkpoint": job.checkpoint.pk if job.checkpoint.is_ready else None,
+            "max_tokens": job.max_tokens, "temperature": job.temperature}
 
 
 def jobs_cancel_unfinished(*, job_ids: list[int]) -> None:

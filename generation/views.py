@@ -14,13 +14,22 @@ from django.db import connection
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from generation import exports, health, limits, selectors, services, streams
-from generation.forms import JobForm
-from generation.models import Job
+from generation import chat, exports, health, limits, selectors, services, streams
+from generation.forms import (
+    ConversationEditForm,
+    ConversationForm,
+    ConversationMessageForm,
+    JobForm,
+    RatingForm,
+    context_error_text,
+)
+from generation.models import Conversation, Job
 from generation.rendering import render_output
+from modelzoo.models import Checkpoint
 
 
 @require_GET
@@ -51,6 +60,11 @@ def job_new(request: HttpRequest) -> HttpResponse:
             if not rerun_id.isdigit():
                 raise Http404("No such job")
             source = selectors.job_get_for_user(user=request.user, job_id=int(rerun_id))
+            if source.task == Job.Task.CHAT:  # all its messages and its system prompt: as a conversation
+                return redirect(f"{reverse('generation:conversation_new')}?from_job={source.pk}")
+            if source.task not in Job.WEB_TASKS:
+                messages.info(request, "A completion is repeated with Replay: the form cannot hold its raw prompt.")
+                return redirect(source)
             initial = services.job_rerun_initial(job=source)
         form = JobForm(initial=initial)
     return render(request, "generation/job_form.html", {"form": form})
@@ -62,10 +76,11 @@ def _quota_message(exc: limits.QuotaExceeded) -> str:
 
 
 def _history_filters(request: HttpRequest) -> dict[str, str]:
-    """The history's filters from the query string (unknown task or status values are ignored)."""
+    """The history's filters from the query string (unknown task, status or rating values are ignored)."""
     task, status = request.GET.get("task", ""), request.GET.get("status", "")
+    rating = request.GET.get("rating", "")
     return {"task": task if task in Job.Task.values else "", "status": status if status in Job.Status.values else "",
-            "q": request.GET.get("q", "")}
+            "q": request.GET.get("q", ""), "rating": rating if rating in selectors.RATING_FILTERS else ""}
 
 
 @login_required
@@ -74,6 +89,7 @@ def job_list(request: HttpRequest) -> HttpResponse:
     task = request.GET.get("task", "")
     status = request.GET.get("status", "")
     q = request.GET.get("q", "")
+    rating = request.GET.get("rating", "")
     jobs = selectors.job_list_for_user(user=request.user, **_history_filters(request))
     page = Paginator(jobs, settings.JOBS_PER_PAGE).get_page(request.GET.get("page"))
     query = request.GET.copy()
@@ -86,9 +102,11 @@ def job_list(request: HttpRequest) -> HttpResponse:
             "task": task,
             "status": status,
             "q": q,
+            "rating": rating,
             "query": query.urlencode(),
             "tasks": Job.Task.choices,
             "statuses": Job.Status.choices,
+            "ratings": [(value, label) for value, (label, _) in selectors.RATING_FILTERS.items()],
         },
     )
 
@@ -109,7 +127,10 @@ def job_export(request: HttpRequest, fmt: str) -> HttpResponse:
 def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
     job = selectors.job_get_for_user(user=request.user, job_id=job_id)
     position = selectors.job_queue_position(job=job)
-    return render(request, "generation/job_detail.html", {"job": job, "queue_position": position})
+    return render(request, "generation/job_detail.html", {
+        "job": job, "queue_position": position, "can_continue": selectors.job_can_continue(job=job),
+        "rating_form": RatingForm(initial={"comment": job.rating_comment}), "server_now_ms": int(time.time() * 1000),
+    })
 
 
 @never_cache
@@ -121,9 +142,15 @@ def job_json(request: HttpRequest, job_id: int) -> JsonResponse:
 
 
 def _job_state(job: Job) -> dict:
+    """The job's JSON, plus what its page shows: `output_html` is the whole answer rendered (for a continuation
+    the answer it continues, then its own output), `can_continue` whether a Continue may extend it."""
     data = job.to_dict()
-    data["output_html"] = render_output(job.output, task=job.task, language=job.language())
+    data["output_html"] = render_output(job.full_output(), task=job.task, language=job.language())
+    data["output_only_html"] = (render_output(job.output, task=job.task, language=job.language())
+                                if job.answer_so_far() else data["output_html"])  # a conversation's turn
     data["queue_position"] = selectors.job_queue_position(job=job)
+    data["can_continue"] = selectors.job_can_continue(job=job)
+    data["server_time_ms"] = int(time.time() * 1000)
     return data
 
 
@@ -241,7 +268,190 @@ def job_cancel(request: HttpRequest, job_id: int) -> HttpResponse:
     job = selectors.job_get_for_user(user=request.user, job_id=job_id)
     if services.job_cancel(job=job):
         messages.success(request, f"Job {job_id} stopped.")
-    return redirect(job)
+    return _back(request, job)
+
+
+def _back(request: HttpRequest, default: Job | Conversation) -> HttpResponse:
+    """To the page the form came from (its `next`, when it is one of ours), else to `default`."""
+    target = request.POST.get("next", "")
+    if target and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()},
+                                                  require_https=request.is_secure()):
+        return redirect(target)
+    return redirect(default)
+
+
+@login_required
+@require_POST
+def job_continue(request: HttpRequest, job_id: int) -> HttpResponse:
+    """Extend an answer that stopped at the token limit (services.job_continue): a new job, shown after it."""
+    job = selectors.job_get_for_user(user=request.user, job_id=job_id)
+    try:
+        new = services.job_continue(job=job)
+    except services.CannotContinue as exc:
+        messages.error(request, str(exc))
+        return redirect(job)
+    except limits.ContextTooLong as exc:
+        messages.error(request, f"The answer is too long to continue: {exc}.")
+        return redirect(job)
+    except limits.QuotaExceeded as exc:
+        messages.error(request, _quota_message(exc))
+        return redirect(job)
+    if new.status == Job.Status.FAILED:
+        messages.error(request, new.error)
+    if new.conversation_id and request.POST.get("next"):
+        return redirect(f"{new.conversation.get_absolute_url()}#turn-{new.pk}")
+    return redirect(new)
+
+
+@login_required
+@require_POST
+def job_rate(request: HttpRequest, job_id: int) -> HttpResponse:
+    job = selectors.job_get_for_user(user=request.user, job_id=job_id)
+    form = RatingForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Choose thumbs up or down.")
+        return _back(request, job)
+    services.job_rate(job=job, rating=form.rating_value(), comment=form.cleaned_data["comment"])
+    messages.success(request, "Thanks: rating saved." if form.rating_value() is not None else "Rating cleared.")
+    return _back(request, job)
+
+
+# --- conversations -------------------------------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def conversation_list(request: HttpRequest) -> HttpResponse:
+    page = Paginator(selectors.conversation_list_for_user(user=request.user), settings.JOBS_PER_PAGE).get_page(
+        request.GET.get("page"))
+    return render(request, "generation/conversation_list.html", {"page": page})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def conversation_new(request: HttpRequest) -> HttpResponse:
+    """A new conversation; `?from_job=<id>` opens one of the user's chat jobs as a conversation that repeats it
+    (its system prompt, earlier messages and last message), which is how such a job is rerun."""
+    source_id = request.POST.get("from_job") or request.GET.get("from_job") or ""
+    source = None
+    if source_id:
+        if not source_id.isdigit():
+            raise Http404("No such job")
+        source = selectors.job_get_for_user(user=request.user, job_id=int(source_id))
+        if source.task != Job.Task.CHAT:
+            raise Http404("Not a chat job")
+    rerun = services.conversation_rerun_initial(job=source) if source else None
+    if request.method == "POST":
+        form = ConversationForm(request.POST)
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                conversation, job = services.conversation_start(
+                    owner=request.user, message=data["message"], system_prompt=data["system_prompt"],
+                    title=data["title"], preset=data["preset"], checkpoint=data["checkpoint"],
+                    preamble=rerun["preamble"] if rerun else None, max_tokens=data["max_tokens"],
+                    temperature=data["temperature"])
+            except (services.NoCheckpoint, limits.QuotaExceeded, limits.ContextTooLong) as exc:
+                status = _add_turn_error(form, exc, checkpoint=data["checkpoint"])
+                return render(request, "generation/conversation_form.html",
+                              _new_context(form, rerun, source), status=status)
+            if job.status == Job.Status.FAILED:
+                messages.error(request, job.error)
+            return redirect(conversation)
+    else:
+        initial = {key: value for key, value in (rerun or {}).items() if key != "preamble"}
+        form = ConversationForm(initial={**initial, "from_job": source.pk} if source else None)
+    return render(request, "generation/conversation_form.html", _new_context(form, rerun, source))
+
+
+def _new_context(form: ConversationForm, rerun: dict | None, source: Job | None) -> dict:
+    return {"form": form, "preamble": rerun["preamble"] if rerun else [], "source": source,
+            "presets": {key: preset.system_prompt for key, preset in chat.PRESETS.items()}}
+
+
+def _add_turn_error(form: ConversationMessageForm, exc: Exception, *, checkpoint: Checkpoint | None = None) -> int:
+    """Put a conversation service's refusal next to the field it concerns; the response status to use."""
+    if isinstance(exc, limits.ContextTooLong):
+        checkpoint = checkpoint or Checkpoint.default(task=Job.Task.CHAT)
+        field = "message" if exc.prompt_too_long else "max_tokens"
+        form.add_error(field, context_error_text(exc, checkpoint=checkpoint))
+        return 400
+    if isinstance(exc, limits.QuotaExceeded):
+        form.add_error(None, _quota_message(exc))
+        return exc.status
+    if isinstance(exc, services.ConversationBusy):
+        form.add_error(None, str(exc))
+        return 409
+    form.add_error(None, str(exc))
+    return 503
+
+
+def _conversation_page(request: HttpRequest, conversation: Conversation, *, form: ConversationMessageForm | None = None,
+                       status: int = 200) -> HttpResponse:
+    turns = selectors.conversation_turns(conversation=conversation)
+    newest = turns[-1] if turns else None
+    return render(request, "generation/conversation_detail.html", {
+        "conversation": conversation,
+        "turns": turns,
+        "newest": newest,
+        "busy": bool(newest and not newest.is_finished),
+        "can_continue": bool(newest and selectors.job_can_continue(job=newest)),
+        "form": form or ConversationMessageForm(),
+        "edit_form": ConversationEditForm(initial={"title": conversation.title,
+                                                   "system_prompt": conversation.system_prompt}),
+        "queue_position": selectors.job_queue_position(job=newest) if newest else None,
+        "server_now_ms": int(time.time() * 1000),
+    }, status=status)
+
+
+@login_required
+@require_GET
+def conversation_detail(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    conversation = selectors.conversation_get_for_user(user=request.user, conversation_id=conversation_id)
+    return _conversation_page(request, conversation)
+
+
+@login_required
+@require_POST
+def conversation_message(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    """The next turn: the thread so far (trimmed to fit, oldest first) and this message, as a new chat job."""
+    conversation = selectors.conversation_get_for_user(user=request.user, conversation_id=conversation_id)
+    form = ConversationMessageForm(request.POST)
+    if not form.is_valid():
+        return _conversation_page(request, conversation, form=form, status=400)
+    data = form.cleaned_data
+    try:
+        job = services.conversation_turn_submit(conversation=conversation, message=data["message"],
+                                                max_tokens=data["max_tokens"], temperature=data["temperature"])
+    except (services.ConversationBusy, services.NoCheckpoint, limits.QuotaExceeded, limits.ContextTooLong) as exc:
+        status = _add_turn_error(form, exc, checkpoint=conversation.checkpoint)
+        return _conversation_page(request, conversation, form=form, status=status)
+    if job.status == Job.Status.FAILED:
+        messages.error(request, job.error)
+    return redirect(f"{conversation.get_absolute_url()}#turn-{job.pk}")
+
+
+@login_required
+@require_POST
+def conversation_edit(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    conversation = selectors.conversation_get_for_user(user=request.user, conversation_id=conversation_id)
+    form = ConversationEditForm(request.POST)
+    if form.is_valid():
+        services.conversation_update(conversation=conversation, title=form.cleaned_data["title"],
+                                     system_prompt=form.cleaned_data["system_prompt"])
+        messages.success(request, "Saved: the next message uses this system prompt.")
+    else:
+        messages.error(request, "; ".join(error for errors in form.errors.values() for error in errors))
+    return redirect(conversation)
+
+
+@login_required
+@require_POST
+def conversation_delete(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    conversation = selectors.conversation_get_for_user(user=request.user, conversation_id=conversation_id)
+    services.conversation_delete(conversation=conversation)
+    messages.success(request, "Conversation deleted; its answers stay in your history.")
+    return redirect("generation:conversation_list")
 
 
 @never_cache

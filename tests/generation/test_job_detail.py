@@ -63,21 +63,29 @@ def test_it_escapes_a_script_in_the_output(owner_client, make_job, task):
     assert SCRIPT not in data["output_html"]
 
 
-def test_it_highlights_code_apart_from_prose(owner_client, make_job):
+def test_it_renders_markdown_with_highlighted_code(owner_client, make_job):
     job = make_job(task=Job.Task.CODE, options={"language": "python"}, status=Job.Status.SUCCEEDED,
-                   output="Here is the function:\n\n```python\ndef add(a, b):\n    return a + b\n```\n\nDone.")
+                   output="Here is the **function**:\n\n```python\ndef add(a, b):\n    return a + b\n```\n\nDone.")
     content = owner_client.get(f"/jobs/{job.pk}/").content.decode()
-    assert '<div class="prose">Here is the function:</div>' in content
+    assert "<p>Here is the <strong>function</strong>:</p>" in content
     assert '<div class="highlight"><pre><span></span><code><span class="k">def</span>' in content
-    assert '<div class="prose">Done.</div>' in content
+    assert "<p>Done.</p>" in content
     assert "/static/generation/pygments.css" in content
+    assert "/static/generation/vendor/markdown-it.min.js" in content
+    assert "/static/generation/vendor/purify.min.js" in content
 
 
-def test_it_does_not_highlight_qa_output(owner_client, make_job):
-    job = make_job(task=Job.Task.QA, status=Job.Status.SUCCEEDED, output="```python\nx = 1\n```")
-    content = owner_client.get(f"/jobs/{job.pk}/").content.decode()
-    assert '<div class="prose">```python\nx = 1\n```</div>' in content
-    assert 'class="highlight"' not in content
+@pytest.mark.parametrize("task", ["qa", "summarize", "chat"])
+def test_it_renders_markdown_for_every_answer_task(owner_client, make_job, task):
+    job = make_job(task=task, status=Job.Status.SUCCEEDED, output="* one\n* two\n\n```python\nx = 1\n```")
+    data = owner_client.get(f"/jobs/{job.pk}.json").json()
+    assert "<li>one</li>" in data["output_html"]
+    assert 'class="highlight"' in data["output_html"]
+
+
+def test_it_keeps_a_completion_plain(owner_client, make_job):
+    job = make_job(task=Job.Task.COMPLETION, status=Job.Status.SUCCEEDED, output="* not a list")
+    assert owner_client.get(f"/jobs/{job.pk}.json").json()["output_html"] == '<div class="prose">* not a list</div>'
 
 
 def test_the_job_computes_its_derived_values(make_job):
@@ -92,3 +100,25 @@ def test_the_job_computes_its_derived_values(make_job):
     assert Job(completion_tokens=1, decode_s=0.0).tokens_per_s() is None
     assert Job(task="code", options={"language": "go"}).language() == "go"
     assert Job(task="qa", options={"language": "go"}).language() == ""
+
+
+def test_it_shows_the_waits_as_the_user_had_them_beside_the_engines(owner_client, make_job):
+    job = make_job(status=Job.Status.SUCCEEDED, output="Paris.", completion_tokens=5, decode_s=2.0)
+    created = job.created_at
+    Job.objects.filter(pk=job.pk).update(started_at=created + timedelta(seconds=3),
+                                         first_token_at=created + timedelta(seconds=3.5),
+                                         finished_at=created + timedelta(seconds=5.5), finish_reason="stop")
+    content = owner_client.get(f"/jobs/{job.pk}/").content.decode()
+    assert 'id="stat-queue-wait">3.00 s<' in content
+    assert 'id="stat-ttft">0.50 s<' in content and 'id="stat-ttft-user">3.50 s<' in content
+    assert 'id="stat-elapsed">5.50 s<' in content
+    data = owner_client.get(f"/jobs/{job.pk}.json").json()
+    assert (data["queue_wait_s"], data["ttft_s"], data["ttft_from_submission_s"], data["elapsed_s"]) == (
+        3.0, 0.5, 3.5, 5.5)
+    assert data["finish_text"] == "stopped at the end of the answer" and data["can_continue"] is False
+
+
+def test_the_output_and_status_are_live_regions(owner_client, make_job):
+    content = owner_client.get(f"/jobs/{make_job().pk}/").content.decode()
+    assert 'id="job-status" data-part="status" class="status status-queued" role="status" aria-live="polite"' in content
+    assert 'aria-live="polite" aria-busy="true">' in content

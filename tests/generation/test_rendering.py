@@ -1,4 +1,5 @@
-"""generation.rendering: markdown fences split into prose and code; everything escaped."""
+"""generation.rendering: model output as sanitized Markdown with highlighted code; markdown fences split into
+prose and code; everything the model writes stays text."""
 from __future__ import annotations
 
 from generation.rendering import Segment, render_output, split_markdown
@@ -36,5 +37,33 @@ def test_it_falls_back_to_the_job_language_and_then_plain_text():
     assert "&lt;b&gt;" in html
 
 
-def test_it_escapes_prose():
-    assert render_output("<b>hi</b> & bye", task="qa") == '<div class="prose">&lt;b&gt;hi&lt;/b&gt; &amp; bye</div>'
+def test_it_escapes_html_in_markdown():
+    assert render_output("<b>hi</b> & bye", task="qa") == (
+        '<div class="markdown"><p>&lt;b&gt;hi&lt;/b&gt; &amp; bye</p>\n</div>')
+    assert render_output("<img src=x onerror=alert(1)>\n\n<script>x</script>", task="chat") == (
+        '<div class="markdown"><p>&lt;img src=x onerror=alert(1)&gt;</p>\n'
+        '<p>&lt;script&gt;x&lt;/script&gt;</p>\n</div>')
+
+
+def test_it_keeps_only_safe_links_and_no_images():
+    html = render_output("[a](javascript:alert(1)) [b](https://example.com) ![c](https://example.com/c.png)",
+                         task="qa")
+    assert "javascript:" not in html.replace("[a](javascript:alert(1))", "")
+    assert '<a href="https://example.com" rel="noopener noreferrer nofollow">b</a>' in html
+    assert "<img" not in html
+
+
+def test_it_drops_inline_styles_of_aligned_tables():
+    html = render_output("| a | b |\n|:-|-:|\n| 1 | 2 |", task="qa")
+    assert "<table>" in html and "<td>2</td>" in html
+    assert "style" not in html
+
+
+def test_it_renders_lists_emphasis_and_code_spans():
+    html = render_output("Use `x`:\n\n1. *one*\n2. **two**", task="summarize")
+    assert "<code>x</code>" in html and "<em>one</em>" in html and "<strong>two</strong>" in html
+    assert "<ol>" in html
+
+
+def test_it_keeps_a_completion_as_plain_escaped_text():
+    assert render_output("<b>hi</b>", task="completion") == '<div class="prose">&lt;b&gt;hi&lt;/b&gt;</div>'
