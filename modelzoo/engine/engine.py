@@ -38,7 +38,7 @@ import torch
 
 from .checkpoint import LoadedCheckpoint
 from .model import KVCache, Step
-from .sampling import SamplingParams, make_generator, sample
+from .sampling import SamplingParams, TokenLogprob, make_generator, sample, token_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,9 @@ DEFAULT_MAX_SEQ_LEN = 1024
 
 
 #: Called from the engine thread with each generated token id (never the end-of-sequence one);
-#: returning True ends the request with finish_reason "stop" (the caller saw a stop string).
-OnToken = Callable[[int], bool | None]
+#: returning True ends the request with finish_reason "stop" (the caller saw a stop string). A request whose
+#: params.logprobs is not None calls it as on_token(token_id, TokenLogprob) instead.
+OnToken = Callable[..., bool | None]
 
 
 @dataclass
@@ -59,6 +60,7 @@ class GenerationResult:
     elapsed_s: float
     tokens_per_s: float  # decode tokens/s after the first token
     batch_size: int  # the largest batch this request ran in
+    logprobs: list[TokenLogprob] | None = None  # one per token id when params.logprobs was set
 
 
 def prefill_step(lengths: torch.Tensor, slots: torch.Tensor, caches: list[KVCache]) -> Step:
@@ -98,6 +100,7 @@ class _Request:
     first_token_at: float | None = None
     batch_size: int = 0
     generator: torch.Generator | None = None
+    logprobs: list[TokenLogprob] | None = None
 
     @property
     def position(self) -> int:
@@ -274,15 +277,21 @@ class Engine:
         for i, r in enumerate(reqs):
             try:
                 p = r.params
+                seen = None
                 if p.temperature == 0.0 and p.repetition_penalty == 1.0:
                     tok = greedy[i]
                 else:
                     seen = torch.tensor(r.prompt_ids + r.out_ids, device=logits.device)
                     tok = sample(logits[i], p, seen, r.generator)
+                entry = None
+                if p.logprobs is not None:  # per row, so a row's values do not depend on its batch
+                    if seen is None:
+                        seen = torch.tensor(r.prompt_ids + r.out_ids, device=logits.device)
+                    entry = token_logprobs(logits[i], p, seen, tok)
                 if r.first_token_at is None:
                     r.first_token_at = now
                     r.batch_size = max(r.batch_size, 1)
-                reason = self._advance(r, tok)
+                reason = self._advance(r, tok, entry)
                 if reason is None:
                     reason = self._early_finish(r)
                 if reason is not None:
@@ -290,12 +299,16 @@ class Engine:
             except Exception as exc:
                 self._fail(r, exc)
 
-    def _advance(self, r: _Request, tok: int) -> str | None:
+    def _advance(self, r: _Request, tok: int, entry: TokenLogprob | None = None) -> str | None:
         """Add a sampled token; return a finish reason when it ends the request."""
         if tok in self.eos_token_ids and not r.params.ignore_eos:
             return "stop"
         r.out_ids.append(tok)
-        if r.on_token is not None and r.on_token(tok):
+        if entry is not None:
+            if r.logprobs is None:
+                r.logprobs = []
+            r.logprobs.append(entry)
+        if r.on_token is not None and (r.on_token(tok) if entry is None else r.on_token(tok, entry)):
             return "stop"
         if len(r.out_ids) >= r.params.max_tokens:
             return "length"
@@ -327,6 +340,7 @@ class Engine:
             elapsed_s=end - r.submitted,
             tokens_per_s=n_after_first / decode_time if decode_time > 0 and n_after_first else 0.0,
             batch_size=max(r.batch_size, 1),
+            logprobs=list(r.logprobs or []) if r.params.logprobs is not None else None,
         )
         r.done.set()
 

@@ -3,6 +3,11 @@
 Order (as in transformers' logits processors): repetition penalty, temperature,
 top-k, top-p, min-p, then a draw from a per-request torch.Generator. Temperature 0
 is greedy (argmax) and ignores the rest except the repetition penalty.
+
+Log-probabilities (SamplingParams.logprobs, token_logprobs): the log_softmax, in float32 and per row, of the
+logits after the repetition penalty and the temperature (before top-k/top-p/min-p, so the alternatives keep
+finite values); at temperature 0, of the logits after the repetition penalty alone (the raw logits when there
+is none). Only requests that ask pay for it.
 """
 
 from __future__ import annotations
@@ -10,6 +15,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+
+MAX_LOGPROBS = 20
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability and the `top` most likely alternatives, (id, logprob) best first."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -23,6 +40,7 @@ class SamplingParams:
     max_tokens: int = 256
     stop: tuple[str, ...] = ()  # text: applied by the caller's streamer (text_stream.generate_text), not the engine
     ignore_eos: bool = False  # keep going past end-of-sequence (benchmarks)
+    logprobs: int | None = None  # None = off; N = each token's log-probability plus the N most likely (<= 20)
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -37,6 +55,8 @@ class SamplingParams:
             raise ValueError("repetition_penalty must be > 0")
         if self.max_tokens < 1:
             raise ValueError("max_tokens must be >= 1")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
+            raise ValueError(f"logprobs must be in 0..{MAX_LOGPROBS}")
         object.__setattr__(self, "stop", tuple(s for s in self.stop if s))
 
 
@@ -101,3 +121,17 @@ def sample(logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor, gen
         return int(logits.argmax())
     probs = logits_to_probs(logits, params).cpu()
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def token_logprobs(logits: torch.Tensor, params: SamplingParams, seen: torch.Tensor, token_id: int) -> TokenLogprob:
+    """The chosen token's log-probability and the params.logprobs best alternatives, from one row's logits (V,)
+    and the ids seen before it, as the distribution sample() drew from (see the module's docstring)."""
+    logits = apply_repetition_penalty(logits.float(), seen, params.repetition_penalty)
+    if params.temperature > 0.0:
+        logits = logits / params.temperature
+    lp = torch.log_softmax(logits, -1)
+    top: tuple[tuple[int, float], ...] = ()
+    if params.logprobs:
+        values, ids = torch.topk(lp, min(params.logprobs, lp.shape[-1]))
+        top = tuple(zip(ids.tolist(), values.tolist()))
+    return TokenLogprob(token_id, float(lp[token_id]), top)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from .engine import Engine
-    from .sampling import SamplingParams
+    from .sampling import SamplingParams, TokenLogprob
 
 REPLACEMENT = "\ufffd"  # what a decoder makes of an incomplete (or invalid) UTF-8 sequence
 
@@ -116,6 +116,31 @@ class TextResult:
     elapsed_s: float
     tokens_per_s: float  # decode tokens/s after the first token
     batch_size: int  # the largest batch this request ran in
+    #: when params.logprobs was set: one per token id, in OpenAI's shape (see LogprobText)
+    logprobs: list[dict] | None = None
+
+
+class LogprobText:
+    """A TokenLogprob in OpenAI's shape: {"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob",
+    "bytes"}]}. A token's text is the tokenizer's decode of that id alone and `bytes` its UTF-8 (a token holding
+    part of a character decodes to U+FFFD, whose bytes are given)."""
+
+    def __init__(self, tokenizer: Decoder) -> None:
+        self.tokenizer = tokenizer
+        self._texts: dict[int, str] = {}
+
+    def text(self, token_id: int) -> str:
+        text = self._texts.get(token_id)
+        if text is None:
+            text = self._texts[token_id] = self.tokenizer.decode([token_id])
+        return text
+
+    def entry(self, lp: TokenLogprob) -> dict:
+        def one(token_id: int, logprob: float) -> dict:
+            text = self.text(token_id)
+            return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+        return {**one(lp.token_id, lp.logprob), "top_logprobs": [one(i, v) for i, v in lp.top]}
 
 
 def generate_text(
@@ -125,6 +150,7 @@ def generate_text(
     params: SamplingParams,
     *,
     on_text: Callable[[str], None] | None = None,
+    on_logprob: Callable[[dict], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     deadline: float | None = None,
 ) -> TextResult:
@@ -133,15 +159,20 @@ def generate_text(
     `on_text(delta)` receives the text as it becomes final; the deltas concatenate to the result's
     text. It is called on the engine's thread while tokens arrive (keep it short: the whole batch
     waits), and once more on the calling thread for the text held back to the end. An exception it
-    raises fails the request and is raised here. Otherwise as Engine.generate.
+    raises fails the request and is raised here. With params.logprobs set, `on_logprob(entry)` receives each
+    token's entry (LogprobText) just before the text that token made final, and the result holds them all.
+    Otherwise as Engine.generate.
     """
-    if on_text is None and not params.stop:  # nothing to stream or watch: decode once at the end
+    texts = LogprobText(tokenizer) if params.logprobs is not None else None
+    if on_text is None and on_logprob is None and not params.stop:  # nothing to stream or watch: decode once at the end
         result = engine.generate(prompt_ids, params, should_cancel=should_cancel, deadline=deadline)
         text, finish_reason = tokenizer.decode(result.token_ids), result.finish_reason
     else:
         streamer = TextStreamer(tokenizer, stop=params.stop)
 
-        def on_token(token_id: int) -> bool:
+        def on_token(token_id: int, lp: TokenLogprob | None = None) -> bool:
+            if lp is not None and on_logprob is not None and texts is not None and not streamer.stopped:
+                on_logprob(texts.entry(lp))
             delta = streamer.push(token_id)
             if delta and on_text is not None:
                 on_text(delta)
@@ -162,4 +193,5 @@ def generate_text(
         elapsed_s=result.elapsed_s,
         tokens_per_s=result.tokens_per_s,
         batch_size=result.batch_size,
+        logprobs=[texts.entry(lp) for lp in result.logprobs or []] if texts is not None else None,
     )
