@@ -157,7 +157,7 @@ def admission() -> Iterator[None]:
     in Redis, which every web process shares; without Redis nothing can be queued anyway, so admission goes
     on unlocked and the publish reports the outage."""
     try:
-        lock = redis_client.client().lock(ADMISSION_LOCK_KEY, timeout=10, blocking_timeout=5)
+        lock = redis_client.client().lock(ADMISSION_LOCK_KEY, timeout=10, blocking_timeout=15)
         acquired = lock.acquire()
     except redis.RedisError:
         yield

@@ -72,6 +72,9 @@ def jobs_submit(*, owner: Any, source: str = Job.Source.WEB, inputs: list[dict[s
                 require_worker: bool = False) -> list[Job]:
     """Create one queued job per entry of `inputs` (job_create's keyword arguments) if the quotas allow all of
     them, else raise limits.QuotaExceeded; the check and the inserts happen under one admission lock."""
+    # Refused at once when already over a limit (a count that is stale by a moment errs towards refusing), so
+    # a burst's surplus does not queue for the lock; then checked again, and inserted, under the lock.
+    limits.check_quotas(user=owner, n=len(inputs), require_worker=require_worker)
     with limits.admission():
         limits.check_quotas(user=owner, n=len(inputs), require_worker=require_worker)
         return [job_create(owner=owner, source=source, **fields) for fields in inputs]

@@ -118,17 +118,24 @@ async def read_events(
         await conn.aclose()
 
 
+def release_connection() -> None:
+    """Close this thread's database connection before a response starts following a stream (not inside a
+    transaction, whose owner still needs it)."""
+    if not connection.in_atomic_block:
+        connection.close()
+
+
 async def db_read(read: Callable[..., T], /, **kwargs: Any) -> T:
     """Run a database read for a long-lived stream on a connection that is closed right after, so an open
     stream holds a database connection only for the milliseconds of each read, never while it follows Redis."""
 
-    def read_and_close() -> T:
+    def read_and_release() -> T:
         try:
             return read(**kwargs)
         finally:
-            connection.close()
+            release_connection()
 
-    return await sync_to_async(read_and_close, thread_sensitive=False)()
+    return await sync_to_async(read_and_release)()
 
 
 #: Open streams (job pages and streamed API answers) of one user, as a Redis counter.
@@ -152,14 +159,13 @@ async def stream_open(*, user_id: int) -> bool:
         await conn.aclose()
 
 
-async def stream_close(*, user_id: int) -> None:
-    conn = redis_client.async_client()
+def stream_close(*, user_id: int) -> None:
+    """Count the stream closed. Synchronous on purpose: it runs in the `finally` of a response whose task may
+    be cancelled (the client went away), where an await could be cancelled before it counts down."""
     try:
-        await conn.decr(open_streams_key(user_id))
+        redis_client.client().decr(open_streams_key(user_id))
     except redis.RedisError as exc:
         logger.warning("Open-stream count of user %s not lowered: %s", user_id, exc)
-    finally:
-        await conn.aclose()
 
 
 def sse(*, event: str, data: Any, id: str | None = None) -> bytes:

@@ -10,7 +10,6 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.db import connection
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -165,7 +164,7 @@ async def job_stream(request: HttpRequest, job_id: int) -> StreamingHttpResponse
     queue position while it waits, and at the end the stored job (the same JSON as /jobs/<id>.json)."""
     user = await request.auser()
     job = await sync_to_async(selectors.job_get_for_user)(user=user, job_id=job_id)
-    await sync_to_async(lambda: connection.close())()  # the request's own connection: not held while the stream is open
+    await sync_to_async(streams.release_connection)()  # the request's own connection: not held while the stream is open
     if not await streams.stream_open(user_id=user.pk):
         response = HttpResponse(f"Too many open streams: at most {settings.STREAMS_PER_USER} per user. Close some "
                                 "job pages and try again.", status=429, content_type="text/plain")
@@ -189,7 +188,7 @@ async def _job_events(*, job_id: int, user_id: int, last_id: str) -> AsyncIterat
         async for chunk in _job_events_counted(job_id=job_id, last_id=last_id):
             yield chunk
     finally:
-        await streams.stream_close(user_id=user_id)
+        streams.stream_close(user_id=user_id)
 
 
 async def _job_events_counted(*, job_id: int, last_id: str) -> AsyncIterator[bytes]:

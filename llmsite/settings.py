@@ -147,6 +147,17 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     )
     # A file (not :memory:) so that worker processes started by the tests can share the test database.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-db.sqlite3")}
+elif DATABASES["default"]["ENGINE"].endswith("postgresql") and envbool("DATABASE_POOL", True):
+    # A bounded pool per process (psycopg_pool): a burst of requests waits up to DATABASE_POOL_TIMEOUT_S for
+    # one of DATABASE_POOL_MAX connections instead of exhausting the server's max_connections. Django
+    # returns a connection to the pool when it closes it (CONN_MAX_AGE must then be 0).
+    # (Django's pool checks each connection as it hands it out, so one the server dropped is replaced.)
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": envint("DATABASE_POOL_MAX", 10, minimum=1),
+        "timeout": envint("DATABASE_POOL_TIMEOUT_S", 20, minimum=1),
+    }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -271,6 +282,10 @@ if ENGINE_QUANTIZATION not in ("", "int8", "int4"):
     raise ImproperlyConfigured(f"ENGINE_QUANTIZATION={ENGINE_QUANTIZATION!r}: use int8 or int4 (or leave it unset)")
 # None = CUDA when present, else CPU.
 ENGINE_DEVICE = os.environ.get("ENGINE_DEVICE") or None
+# torch threads of the worker's engine, the validation child and finetune; 0 = automatic: the host's cores, less
+# one when LLMSITE_SHARED_HOST=1 (the web server runs here) and less those its load average keeps busy
+# (modelzoo.engine.threads.choose_threads; README "Engine speed").
+ENGINE_THREADS = envint("ENGINE_THREADS", 0, minimum=0)
 HEALTHZ_TIMEOUT_S = envfloat("HEALTHZ_TIMEOUT_S", 1.0, minimum=0.1)
 
 # --- Redis / Celery ----------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+from django.db import DatabaseError, connection
 
 from generation.models import Job
 
@@ -15,7 +16,11 @@ def wait_for_job() -> Callable[..., Job]:
     def wait(job_id: int, *, until: Callable[[Job], bool] = lambda job: job.is_finished, timeout_s: float = 180) -> Job:
         deadline = time.monotonic() + timeout_s
         while True:
-            job = Job.objects.get(pk=job_id)
+            try:
+                job = Job.objects.get(pk=job_id)
+            except DatabaseError:  # a test that drops the database's connections drops this one too
+                connection.close()
+                continue
             if until(job):
                 return job
             if time.monotonic() > deadline:
