@@ -86,6 +86,8 @@ class Job(models.Model):
 
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED, db_index=True)
     output = models.TextField(blank=True)
+    #: when asked (options["logprobs"] = N): per generated token [text, logprob, [[alternative, logprob], ...]]
+    logprobs = models.JSONField(null=True, blank=True)
     error = models.TextField(blank=True)
     finish_reason = models.CharField(max_length=20, blank=True)
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
@@ -203,7 +205,7 @@ class Job(models.Model):
         from modelzoo.engine.sampling import SamplingParams  # torch loads only where jobs run
 
         return SamplingParams(**self.sampling(),
-                              stop=tuple(self.options.get("stop") or ()))
+                              stop=tuple(self.options.get("stop") or ()), logprobs=self.options.get("logprobs"))
 
     def language(self) -> str:
         return str(self.options.get("language", "")) if self.task == self.Task.CODE else ""

@@ -2,6 +2,7 @@
 watching for a cancel, and store the result. Called by the run_job task; the user's actions live in services."""
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -158,6 +159,11 @@ def jobs_reconcile(*, publish: Callable[[Job], None]) -> dict[str, int]:
     return {"failed": failed, "requeued": requeued, "published": published}
 
 
+def compact_logprob(entry: dict) -> list:
+    """generate_text's OpenAI-shaped entry as stored with the job: [text, logprob, [[alternative, logprob], ...]]."""
+    return [entry["token"], entry["logprob"], [[alt["token"], alt["logprob"]] for alt in entry["top_logprobs"]]]
+
+
 @dataclass
 class _Progress:
     """What the engine reports while it runs (called from its threads): text so far, first-token time, cancel flag."""
@@ -174,6 +180,13 @@ class _Progress:
                 self.first_token_at = timezone.now()
             self.pieces.append(piece)
         streams.stream_append(job_id=self.job_id, text=piece)
+
+    def on_logprob(self, entry: dict) -> None:
+        """A token's log-probabilities (asked for by the job), streamed as an `lp` entry before that token's text."""
+        try:
+            redis_client.client().xadd(streams.tokens_key(self.job_id), {"lp": json.dumps(compact_logprob(entry))})
+        except Exception as exc:  # the database keeps them all
+            logger.warning("Job %s: log-probabilities not streamed: %s", self.job_id, exc)
 
     def snapshot(self) -> tuple[str, int, datetime | None]:
         with self.lock:
@@ -221,6 +234,7 @@ def _generate_watched(
                 prompt_ids,
                 params,
                 on_text=progress.on_token,
+                on_logprob=progress.on_logprob if params.logprobs is not None else None,
                 should_cancel=progress.cancel.is_set,
                 deadline=deadline,
             )
@@ -324,6 +338,7 @@ def _job_generate(*, job: Job) -> dict[str, Any]:
         "batch_size": result.batch_size,
         "first_token_at": first_token_at,
         "decode_s": max(result.elapsed_s - result.ttft_s, 0.0) if completion_tokens else None,
+        "logprobs": None if result.logprobs is None else [compact_logprob(e) for e in result.logprobs],
     }
 
 

@@ -18,6 +18,9 @@ from modelzoo.models import Checkpoint
 ROLES = ("system", "user", "assistant")
 #: max_tokens when the request gives none (OpenAI's completions default is 16), trimmed to what fits.
 DEFAULT_MAX_TOKENS = {Job.Task.CHAT: 256, Job.Task.COMPLETION: 16}
+#: top_logprobs (chat) and logprobs (completions): how many alternatives per token (the engine's MAX_LOGPROBS;
+#: OpenAI allows 20 and 5).
+LOGPROBS = limits.Range(0, 20)
 
 
 #: How deep a request body's arrays and objects may nest (chat content parts are 5 levels deep). json.loads
@@ -85,6 +88,7 @@ class GenerationRequest:
     stream: bool
     include_usage: bool
     prompt_tokens: int = 0
+    logprobs: int | None = None  # alternatives per token, None = no log-probabilities
     job_ids: list[int] = field(default_factory=list)
 
 
@@ -169,6 +173,9 @@ def parse_request(body: Any, *, task: str) -> GenerationRequest:
                        param="stop", code="invalid_value")
     if stop:
         options["stop"] = stop
+    logprobs = _logprobs(body, task=task)
+    if logprobs is not None:
+        options["logprobs"] = logprobs
     temperature = _number(body, "temperature", 1.0, limits.TEMPERATURE)
     top_p = _number(body, "top_p", 1.0, limits.TOP_P)
     seed = _integer(body, "seed", limits.SEED)
@@ -198,4 +205,19 @@ def parse_request(body: Any, *, task: str) -> GenerationRequest:
         task=task, checkpoint=checkpoint, prompt=prompt, options=options, max_tokens=fit.max_tokens,
         temperature=temperature, top_p=top_p, seed=seed, n=n, stream=stream,
         include_usage=bool(stream_options.get("include_usage")), prompt_tokens=len(fit.prompt_ids),
+        logprobs=logprobs,
     )
+
+
+def _logprobs(body: dict, *, task: str) -> int | None:
+    """Chat: `logprobs` true and `top_logprobs` 0..20 (0 when not given); completions: `logprobs` 0..20."""
+    if task != Job.Task.CHAT:
+        return _integer(body, "logprobs", LOGPROBS)
+    wanted = body.get("logprobs")
+    if wanted is not None and not isinstance(wanted, bool):
+        raise ApiError(400, "'logprobs' must be a boolean", param="logprobs", code="invalid_type")
+    top = _integer(body, "top_logprobs", LOGPROBS)
+    if top is not None and not wanted:
+        raise ApiError(400, "'logprobs' must be true when 'top_logprobs' is given", param="top_logprobs",
+                       code="invalid_value")
+    return (top or 0) if wanted else None

@@ -120,7 +120,8 @@ async def _answer(request: HttpRequest, *, task: str, body: Any, key: str | None
     headers = {"X-Job-Ids": ",".join(map(str, ids))}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
-    reply = Reply(task=task, model=parsed.checkpoint.name, job_ids=ids, created=int(jobs[0].created_at.timestamp()))
+    reply = Reply(task=task, model=parsed.checkpoint.name, job_ids=ids, created=int(jobs[0].created_at.timestamp()),
+                  logprobs=parsed.logprobs is not None)
     if parsed.stream:
         response = StreamingHttpResponse(_stream(reply, include_usage=parsed.include_usage, user_id=user.pk),
                                          content_type="text/event-stream")
@@ -183,15 +184,22 @@ async def _stream(reply: Reply, *, include_usage: bool, user_id: int) -> AsyncIt
     with an error chunk too, leaving the jobs to finish into the history; a client that leaves cancels them."""
     index = {job_id: i for i, job_id in enumerate(reply.job_ids)}
     sent: dict[int, list[str]] = {job_id: [] for job_id in reply.job_ids}
+    # log-probabilities ("lp" entries, runner.compact_logprob) wait for the next text of their job
+    pending: dict[int, list[list]] = {job_id: [] for job_id in reply.job_ids}
+    offsets: dict[int, int] = {job_id: 0 for job_id in reply.job_ids}
     done = False
     try:
         if reply.chat:
             for i in range(len(reply.job_ids)):
                 yield _data(reply.chunk(i, role=True, text=""))
         async for job_id, kind, value in _follow(reply.job_ids):
-            if kind == "t":
+            if kind == "lp":
+                pending[job_id].append(json.loads(value))
+            elif kind == "t":
                 sent[job_id].append(value)
-                yield _data(reply.chunk(index[job_id], text=value))
+                entries, pending[job_id] = pending[job_id], []
+                yield _data(reply.chunk(index[job_id], text=value, logprobs=entries, offset=offsets[job_id]))
+                offsets[job_id] += sum(len(e[0]) for e in entries)
             elif kind == "end":
                 job = await streams.db_read(Job.objects.get, pk=job_id)
                 if job.status == Job.Status.FAILED:
@@ -200,8 +208,10 @@ async def _stream(reply: Reply, *, include_usage: bool, user_id: int) -> AsyncIt
                     await sync_to_async(services.jobs_cancel_unfinished)(job_ids=reply.job_ids)
                     return
                 streamed = "".join(sent[job_id])
-                if len(job.output) > len(streamed) and job.output.startswith(streamed):
-                    yield _data(reply.chunk(index[job_id], text=job.output[len(streamed):]))
+                rest = job.output[len(streamed):] if job.output.startswith(streamed) else ""
+                if rest or pending[job_id]:  # text not streamed, or the tokens that spelled a stop string
+                    yield _data(reply.chunk(index[job_id], text=rest, logprobs=pending[job_id],
+                                            offset=offsets[job_id]))
                 reason = FINISH_REASONS.get(job.finish_reason, "stop")
                 yield _data(reply.chunk(index[job_id], finish_reason=reason))
         if include_usage:

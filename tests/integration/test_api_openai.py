@@ -1,6 +1,7 @@
 """The /v1 API with the official `openai` client against the site under uvicorn and a real worker."""
 from __future__ import annotations
 
+import math
 import time
 
 import httpx
@@ -245,3 +246,36 @@ def test_it_answers_bad_requests_with_json_under_uvicorn(web, secret, model_name
         assert response.json()["error"]["code"] == code
     response = httpx.get(f"{web.url}/v1/embeddings", headers=auth)
     assert response.status_code == 404 and response.json()["error"]["code"] == "unknown_url"
+
+
+def test_it_gives_token_logprobs_plain_and_streamed(client, model_name, owner, warm_worker):
+    messages = [{"role": "user", "content": "Name a colour."}]
+    reply = client.chat.completions.create(model=model_name, messages=messages, max_tokens=8, temperature=0,
+                                           logprobs=True, top_logprobs=3)
+    content = reply.choices[0].logprobs.content
+    assert content and "".join(t.token for t in content).startswith(reply.choices[0].message.content)
+    for t in content:
+        assert t.logprob <= 0 and t.bytes == list(t.token.encode()) and len(t.top_logprobs) == 3
+        assert t.top_logprobs[0].token == t.token and t.top_logprobs[0].logprob == t.logprob  # greedy: the best
+        assert sum(math.exp(a.logprob) for a in t.top_logprobs) <= 1 + 1e-6
+    stored = Job.objects.get(owner=owner).logprobs
+    assert [[e[0], e[1]] for e in stored] == [[t.token, t.logprob] for t in content]
+
+    streamed = []
+    for chunk in client.chat.completions.create(model=model_name, messages=messages, max_tokens=8, temperature=0,
+                                                logprobs=True, top_logprobs=3, stream=True):
+        for choice in chunk.choices:
+            if choice.logprobs and choice.logprobs.content:
+                streamed.extend(choice.logprobs.content)
+    assert [(t.token, t.logprob) for t in streamed] == [(t.token, t.logprob) for t in content]
+
+    completion = client.completions.create(model=model_name, prompt="Red, green and", max_tokens=4, temperature=0,
+                                           logprobs=2)
+    lp = completion.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) > 0
+    assert all(len(top) <= 2 for top in lp.top_logprobs)
+
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(model=model_name, messages=messages, max_tokens=4, logprobs=True,
+                                       top_logprobs=21)
+    assert exc.value.status_code == 400 and exc.value.body["param"] == "top_logprobs"
