@@ -4,6 +4,8 @@ Entries of `job:<id>:tokens`, in order:
 - `{"start": attempt}`  when a worker claims the job (a re-claim deletes the old entries first: readers
   that saw them get a `reset`),
 - `{"t": delta}`        per generated piece of text (the deltas concatenate to the stored output),
+- `{"lp": json}`        before the text of each token of a job that asked for log-probabilities: its
+                        [text, logprob, [[alternative, logprob], ...]] (runner.compact_logprob),
 - `{"end": status}`     once the final row is saved; the key then expires after STREAM_TTL_S.
 
 Cancelling a running job is published on `job:<id>:cancel`, which the worker's task thread listens to, so the
@@ -93,7 +95,7 @@ async def read_events(
     *, job_ids: list[int], last_id: str = "0", block_ms: int = 1000
 ) -> AsyncIterator[tuple[int, str, str, Any]]:
     """Yield (job_id, entry_id, kind, value) for every entry of the jobs' streams from `last_id` on, following
-    them until each has its end entry. kind is "start" | "t" | "end" | "idle" (a BLOCK timeout, value None,
+    them until each has its end entry. kind is "start" | "t" | "lp" | "end" | "idle" (a BLOCK timeout, value None,
     job_id -1), so the caller can look at the database now and then."""
     conn = redis_client.async_client()
     positions = {tokens_key(job_id): last_id for job_id in job_ids}

@@ -204,6 +204,8 @@ async def _job_events_counted(*, job_id: int, last_id: str) -> AsyncIterator[byt
         elif kind == "end":
             yield streams.sse(event="end", data=await streams.db_read(_job_state_now, job_id=job_id), id=entry_id)
             return
+        elif kind == "lp":  # a token's log-probabilities, for the API (the page shows text only)
+            continue
         else:  # idle: nothing new for a while
             try:
                 state = await streams.db_read(_job_state_now, job_id=job_id)
