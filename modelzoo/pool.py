@@ -60,8 +60,9 @@ def _load_engine(checkpoint: Checkpoint) -> Engine:
     from modelzoo.engine import Engine, load_checkpoint
     from modelzoo.engine.checkpoint import DTYPES
     from modelzoo.engine.lora import merge_adapter
-    from modelzoo.engine.threads import in_throwaway_thread
+    from modelzoo.engine.threads import in_throwaway_thread, set_torch_threads
 
+    set_torch_threads(settings.ENGINE_THREADS)
     logger.info("Loading checkpoint %s from %s", checkpoint.name, checkpoint.weights_path())
     loaded = load_checkpoint(checkpoint.weights_path(), device=settings.ENGINE_DEVICE, dtype=DTYPES.get(settings.ENGINE_DTYPE),
                              quantization=settings.ENGINE_QUANTIZATION or None)

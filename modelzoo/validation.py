@@ -93,7 +93,7 @@ def validate(path: Path, *, base: Path | None = None, limits: Limits = Limits())
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
     with tempfile.TemporaryDirectory(prefix="llmsite-validate-") as scratch:
-        env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "TMPDIR": scratch, "HOME": scratch,
+        env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": str(_child_threads()), "TMPDIR": scratch, "HOME": scratch,
                "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
         command = [sys.executable, "-m", "modelzoo.validation", "--base-memory", str(limits.base_memory_bytes),
                    str(path.resolve())] + ([str(base.resolve())] if base else [])
@@ -113,6 +113,14 @@ def validate(path: Path, *, base: Path | None = None, limits: Limits = Limits())
         return replace(report, **measured)
     except (ValueError, TypeError) as error:
         return Report(ok=False, reason=f"validation gave no report ({error})", **measured)
+
+
+def _child_threads() -> int:
+    """The child's torch threads: ENGINE_THREADS, or the engine's automatic policy (light: no torch import)."""
+    from django.conf import settings
+
+    configured = getattr(settings, "ENGINE_THREADS", 0) if settings.configured else 0
+    return _import_light("threads").host_threads(configured)
 
 
 @dataclass(frozen=True)

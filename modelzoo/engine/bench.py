@@ -1,16 +1,20 @@
 """Engine benchmark on a checkpoint (the bundled SmolLM2 by default). A script, not a test.
 
 Every figure is the median of `runs` runs. Decode runs ignore end-of-sequence so each
-request produces exactly `max_tokens` tokens.
+request produces exactly `max_tokens` tokens. With `busy` N, N processes spin (`while True:
+pass`) beside the whole run, ours and the other engines', as neighbours on a real host do.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import multiprocessing
 import os
 import resource
 import statistics
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -41,6 +45,31 @@ def bench_prompt(tokenizer: Any, chat_template: Any, n_tokens: int) -> list[int]
     return ids
 
 
+def _spin() -> None:
+    while True:
+        pass
+
+
+@contextlib.contextmanager
+def busy_neighbours(n: int) -> Iterator[list[multiprocessing.process.BaseProcess]]:
+    """N busy-loop processes for the duration of the block; stopped and joined after it."""
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    processes = [context.Process(target=_spin, name=f"bench-busy-{i}", daemon=True) for i in range(n)]
+    try:
+        for process in processes:
+            process.start()
+        yield processes
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=10)
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
@@ -57,9 +86,37 @@ def run_bench(
     dtype: torch.dtype | None = None,
     against_llamacpp: bool = False,
     against_transformers: bool = False,
+    threads: int | None = None,
+    busy: int = 0,
 ) -> dict[str, Any]:
     """Our figures; with against_* also the other engine's on the same file, prompt and
-    threads, and the ratios ours/theirs (under "llamacpp" / "transformers" and "ratios")."""
+    threads, and the ratios ours/theirs (under "llamacpp" / "transformers" and "ratios").
+    `threads`: torch's thread count (None: as set); `busy`: spinning processes beside the run."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    load_before = os.getloadavg()[0]
+    with busy_neighbours(busy):
+        result = _run_bench(path, max_tokens=max_tokens, runs=runs, prompt_tokens=prompt_tokens,
+                            concurrency=concurrency, device=device, quantization=quantization, dtype=dtype,
+                            against_llamacpp=against_llamacpp, against_transformers=against_transformers)
+    result["busy"] = busy
+    result["load_average_before"] = load_before
+    return result
+
+
+def _run_bench(
+    path: str | Path | None,
+    *,
+    max_tokens: int,
+    runs: int,
+    prompt_tokens: int,
+    concurrency: tuple[int, ...],
+    device: str | None,
+    quantization: str | None,
+    dtype: torch.dtype | None,
+    against_llamacpp: bool,
+    against_transformers: bool,
+) -> dict[str, Any]:
     path = Path(path) if path else default_checkpoint_path()
     t0 = time.perf_counter()
     ckpt = load_checkpoint(path, device=device, quantization=quantization, dtype=dtype)

@@ -184,6 +184,8 @@ class Engine:
         self._closed.set()
         self._queue.put(None)
         self._thread.join(timeout=30)
+        if self._thread.is_alive():
+            log.warning("engine thread still running 30 s after close()")
 
     # --- engine thread -----------------------------------------------------------
 

@@ -45,3 +45,24 @@ def test_it_uses_the_task_prompt_builder(checkpoint):
 def test_it_rejects_an_unknown_checkpoint(checkpoint):
     with pytest.raises(CommandError, match="no ready checkpoint named 'nope'"):
         run("--checkpoint", "nope", "hi")
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_it_exits_cleanly_every_time(tmp_path):
+    """Its engine thread is stopped and joined before the interpreter exits: a thread still inside torch at exit
+    used to abort the process (SIGABRT, "terminate called without an active exception") after the result."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "LLMSITE_VAR_DIR": str(tmp_path / "var")}
+    env.pop("DATABASE_URL", None)
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=root, env=env, check=True, timeout=300)
+    for _ in range(6):
+        child = subprocess.run([sys.executable, "manage.py", "generate", "--json", "--max-tokens", "2", "Hi."],
+                               cwd=root, env=env, capture_output=True, timeout=300)
+        assert child.returncode == 0, child.stderr.decode(errors="replace")[-2000:]
+        assert len(json.loads(child.stdout)["token_ids"]) <= 2

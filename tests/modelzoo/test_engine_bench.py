@@ -60,3 +60,26 @@ def test_it_computes_ratios_so_that_above_one_means_faster():
 def test_it_benchmarks_the_weights_in_another_dtype_when_asked(tiny):
     result = bench("--checkpoint", tiny, "--max-tokens", "2", "--dtype", "float32")
     assert result["dtype"] == "float32" and result["decode_tokens_per_s"] > 0
+
+
+def test_it_runs_beside_busy_processes_and_stops_them(tiny):
+    import multiprocessing
+
+    result = bench("--checkpoint", tiny, "--max-tokens", "2", "--busy", "1", "--concurrency", "1,2",
+                   "--prompt-tokens", "16", "--threads", "1")
+    assert result["busy"] == 1 and result["torch_threads"] == 1
+    assert set(result["aggregate_tokens_per_s"]) == {"1", "2"} and result["decode_tokens_per_s"] > 0
+    assert result["prompt_tokens"] >= 16 and "load_average_before" in result
+    assert not [p for p in multiprocessing.active_children() if p.name.startswith("bench-busy")]
+
+
+def test_the_busy_processes_are_stopped_when_the_run_fails():
+    import multiprocessing
+
+    from modelzoo.engine.bench import busy_neighbours
+
+    with pytest.raises(RuntimeError), busy_neighbours(2) as processes:
+        assert all(p.is_alive() for p in processes)
+        raise RuntimeError("the run failed")
+    assert not any(p.is_alive() for p in processes)
+    assert not [p for p in multiprocessing.active_children() if p.name.startswith("bench-busy")]

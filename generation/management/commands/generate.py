@@ -28,6 +28,14 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="print one JSON object")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            self._generate(options)
+        finally:
+            # Stop and join the engine's thread before the interpreter exits: a thread still inside torch at
+            # exit aborts the process ("terminate called without an active exception") after the result.
+            pool.clear()
+
+    def _generate(self, options: dict[str, Any]) -> None:
         checkpoint = self._checkpoint(options["checkpoint"], options["task"])
         from modelzoo.engine import SamplingParams, generate_text
 

@@ -1,15 +1,17 @@
 """python manage.py bench [--json] [--max-tokens N] [--runs K] [--checkpoint PATH] [--quantization Q]
-[--against-llamacpp] [--against-transformers]"""
+[--threads T] [--busy N] [--concurrency 1,4,16] [--prompt-tokens N] [--against-llamacpp] [--against-transformers]"""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from modelzoo.engine.bench import run_bench
 from modelzoo.engine.checkpoint import DTYPES
+from modelzoo.engine.threads import host_threads
 
 
 class Command(BaseCommand):
@@ -24,6 +26,12 @@ class Command(BaseCommand):
                             help="weight-only quantization of our engine (default: the engine's default)")
         parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
                             help="weights' dtype (default: the engine's default for the device)")
+        parser.add_argument("--threads", type=int, default=None,
+                            help="torch threads (default: ENGINE_THREADS, or the automatic policy the worker uses)")
+        parser.add_argument("--busy", type=int, default=0,
+                            help="run N busy-loop processes beside the benchmark (and beside llama.cpp)")
+        parser.add_argument("--concurrency", default="1,4,16", help="concurrent requests of the aggregate figures")
+        parser.add_argument("--prompt-tokens", type=int, default=200, help="about this many prompt tokens")
         parser.add_argument("--against-llamacpp", action="store_true",
                             help="also run llama.cpp (llama-cpp-python) on the same GGUF and print ratios")
         parser.add_argument("--against-transformers", action="store_true",
@@ -35,14 +43,24 @@ class Command(BaseCommand):
             extra["quantization"] = None if opts["quantization"] == "none" else opts["quantization"]
         if opts["dtype"] is not None:
             extra["dtype"] = DTYPES[opts["dtype"]]
-        result = run_bench(opts["checkpoint"], max_tokens=opts["max_tokens"], runs=opts["runs"],
+        try:
+            concurrency = tuple(sorted({int(n) for n in opts["concurrency"].split(",") if n.strip()}))
+        except ValueError:
+            raise CommandError(f"--concurrency: a comma list of numbers, got {opts['concurrency']!r}") from None
+        if not concurrency or min(concurrency) < 1:
+            raise CommandError("--concurrency: numbers of at least 1")
+        if opts["busy"] < 0 or opts["prompt_tokens"] < 1 or (opts["threads"] is not None and opts["threads"] < 1):
+            raise CommandError("--busy must be >= 0, --prompt-tokens and --threads >= 1")
+        threads = opts["threads"] or host_threads(settings.ENGINE_THREADS)
+        result = run_bench(opts["checkpoint"], max_tokens=opts["max_tokens"], runs=opts["runs"], threads=threads,
+                           busy=opts["busy"], concurrency=concurrency, prompt_tokens=opts["prompt_tokens"],
                            against_llamacpp=opts["against_llamacpp"], against_transformers=opts["against_transformers"], **extra)
         if opts["json"]:
             self.stdout.write(json.dumps(result))
             return
         self.stdout.write(f"{result['checkpoint']} on {result['device']} ({result['dtype']}, weights "
                           f"{result['quantization'] or 'float'}, {result['torch_threads']} threads, load average "
-                          f"{result['load_average']:.2f})")
+                          f"{result['load_average']:.2f}, {result['busy']} busy processes beside it)")
         self.stdout.write(f"  load                 {result['load_s']:.1f} s")
         self.stdout.write(f"  prefill              {result['prefill_tokens_per_s']:.0f} tok/s ({result['prompt_tokens']}-token prompt)")
         self.stdout.write(f"  decode, one stream   {result['decode_tokens_per_s']:.1f} tok/s")

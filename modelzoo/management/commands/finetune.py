@@ -42,6 +42,9 @@ class Command(BaseCommand):
         if checkpoint is None:
             raise CommandError(f"no ready checkpoint named {base!r}")
         examples = self._read(data)
+        from modelzoo.engine.threads import set_torch_threads
+
+        set_torch_threads(settings.ENGINE_THREADS)
         loaded = load_checkpoint(checkpoint.file_path(), device=settings.ENGINE_DEVICE, dtype=torch.float32)  # trains in float32
         started = time.monotonic()
 
