@@ -8,14 +8,8 @@ from llmsite import redis_client
 from llmsite.celery import app as celery_app
 from llmsite.localredis import free_port
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("empty_redis")]
 
-
-@pytest.fixture(autouse=True)
-def empty_redis():
-    redis_client.client().flushdb()
-    yield
-    redis_client.client().flushdb()
 
 
 class FakeInspect:

@@ -11,14 +11,8 @@ from generation import runner
 from generation.models import Job
 from llmsite import redis_client
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("empty_redis")]
 
-
-@pytest.fixture(autouse=True)
-def empty_redis():
-    redis_client.client().flushdb()
-    yield
-    redis_client.client().flushdb()
 
 
 @pytest.fixture

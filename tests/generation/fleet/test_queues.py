@@ -8,12 +8,8 @@ from generation.fleet import queues
 from llmsite import redis_client
 from generation.fleet.placement import WorkerState
 
+pytestmark = pytest.mark.usefixtures("empty_redis")
 
-@pytest.fixture(autouse=True)
-def empty_redis():
-    redis_client.client().flushdb()
-    yield
-    redis_client.client().flushdb()
 
 
 def publish(queue: str, *messages: str) -> None:

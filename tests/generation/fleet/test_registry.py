@@ -8,14 +8,8 @@ from generation import services
 from generation.fleet import registry
 from llmsite import redis_client
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("empty_redis")]
 
-
-@pytest.fixture(autouse=True)
-def empty_redis():
-    redis_client.client().flushdb()
-    yield
-    redis_client.client().flushdb()
 
 
 def create(owner, checkpoint):

@@ -55,6 +55,7 @@ def test_it_drops_a_claim_whose_load_never_happened(me, checkpoint, monkeypatch)
     from modelzoo import pool
 
     monkeypatch.setattr(pool, "resident_sizes", lambda: {})  # whatever earlier tests left in this process's pool
+    pool.checkpoint_info(checkpoint)  # read the metadata first: on a busy host that outlasts a heartbeat's life
     worker._publish()  # alive, holding nothing
     worker._claim(checkpoint)
     [state] = registry.live_workers()
