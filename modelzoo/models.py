@@ -17,7 +17,7 @@ class Task(models.TextChoices):
     CODE = "code", "Code generation"
     QA = "qa", "Question answering"
     SUMMARIZE = "summarize", "Summarization"
-    CHAT = "chat", "Chat (API)"
+    CHAT = "chat", "Chat"
     COMPLETION = "completion", "Completion (API)"
 
 
