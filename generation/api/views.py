@@ -24,7 +24,6 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.utils import timezone
 
@@ -99,10 +98,10 @@ async def _generate(request: HttpRequest, *, task: str) -> HttpResponse:
     try:
         response = await _answer(request, task=task, body=body, key=key, parsed=parsed)
     except BaseException:
-        await streams.stream_close(user_id=user.pk)
+        streams.stream_close(user_id=user.pk)
         raise
     if not isinstance(response, StreamingHttpResponse):  # a streamed answer closes its slot when it ends
-        await streams.stream_close(user_id=user.pk)
+        streams.stream_close(user_id=user.pk)
     return response
 
 
@@ -116,7 +115,7 @@ async def _answer(request: HttpRequest, *, task: str, body: Any, key: str | None
             user=user, key=key, fingerprint=idempotency.fingerprint(task=task, body=body),
             create=lambda: create_jobs(user=user, request=parsed))
     ids = request.api_job_ids = [job.pk for job in jobs]  # errors from here on name them (errors.after_jobs)
-    await sync_to_async(lambda: connection.close())()  # not held while following the jobs' streams
+    await sync_to_async(streams.release_connection)()  # not held while following the jobs' streams
     headers = {"X-Job-Ids": ",".join(map(str, ids))}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
@@ -227,6 +226,6 @@ async def _stream(reply: Reply, *, include_usage: bool, user_id: int) -> AsyncIt
         done = True
         yield _data(internal_error(f"stream of jobs {reply.job_ids}").body())
     finally:
-        await streams.stream_close(user_id=user_id)
+        streams.stream_close(user_id=user_id)
         if not done:  # the client disconnected mid-stream (CancelledError / aclose): stop its jobs
             await sync_to_async(services.jobs_cancel_unfinished)(job_ids=reply.job_ids)

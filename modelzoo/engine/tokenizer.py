@@ -35,7 +35,7 @@ class Tokenizer(ABC):
     add_bos: bool
 
     @abstractmethod
-    def _encode(self, text: str) -> list[int]: ...
+    def _encode(self, text: str, *, special: bool) -> list[int]: ...
 
     @abstractmethod
     def decode(self, ids: list[int]) -> str: ...
@@ -44,8 +44,22 @@ class Tokenizer(ABC):
     @abstractmethod
     def vocab_size(self) -> int: ...
 
-    def encode(self, text: str) -> list[int]:
-        ids = self._encode(text)
+    def encode(self, text: str, *, special: bool = True) -> list[int]:
+        """Token ids of `text`, with the BOS id first when the checkpoint asks for it. With `special=False`
+        the text of a special token (`<|im_end|>`) is encoded as plain text, never as its control id: for what
+        users write, so they cannot forge a turn or end the prompt."""
+        return self._with_bos(self._encode(text, special=special))
+
+    def encode_parts(self, parts: list[tuple[str, bool]]) -> list[int]:
+        """One text given in parts, each (text, special): the template's own text may hold control tokens, users'
+        text may not. Each part is encoded on its own (BOS once, first)."""
+        return self._with_bos([i for text, special in parts if text for i in self._encode(text, special=special)])
+
+    @abstractmethod
+    def mentions_special(self, text: str) -> bool:
+        """Whether `text` holds the text of a special token (which encode would turn into its id)."""
+
+    def _with_bos(self, ids: list[int]) -> list[int]:
         if self.add_bos and self.bos_token_id is not None:
             ids = [self.bos_token_id, *ids]
         return ids
@@ -58,15 +72,23 @@ class TokenizersTokenizer(Tokenizer):
         self, backend: HFTokenizer, *, eos_token_ids: frozenset[int], bos_token_id: int | None, add_bos: bool = False
     ) -> None:
         self.backend = backend
+        # A copy that reads special tokens' text as plain text (tokenizers' encode_special_tokens is a property
+        # of the whole object, so one object per mode keeps encoding thread-safe).
+        self.plain_backend = HFTokenizer.from_str(backend.to_str())
+        self.plain_backend.encode_special_tokens = True
         self.eos_token_ids = eos_token_ids
         self.bos_token_id = bos_token_id
         self.add_bos = add_bos
 
-    def _encode(self, text: str) -> list[int]:
-        return self.backend.encode(text, add_special_tokens=False).ids
+    def _encode(self, text: str, *, special: bool) -> list[int]:
+        return (self.backend if special else self.plain_backend).encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: list[int]) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=False)
+
+    def mentions_special(self, text: str) -> bool:
+        added = self.backend.get_added_tokens_decoder()
+        return any(i in added for i in self.backend.encode(text, add_special_tokens=False).ids)
 
     @property
     def vocab_size(self) -> int:
@@ -95,8 +117,8 @@ class SentencePieceTokenizer(Tokenizer):
         self.id_to_special = {i: s for s, i in special.items()}
         self._split = re.compile("(" + "|".join(map(re.escape, sorted(special, key=len, reverse=True))) + ")") if special else None
 
-    def _encode(self, text: str) -> list[int]:
-        chunks = self._split.split(text) if self._split else [text]
+    def _encode(self, text: str, *, special: bool) -> list[int]:
+        chunks = self._split.split(text) if self._split and special else [text]
         ids: list[int] = []
         for i, chunk in enumerate(chunks):
             if chunk in self.special and i % 2 == 1:
@@ -108,6 +130,9 @@ class SentencePieceTokenizer(Tokenizer):
                     chunk = " " + chunk
                 ids.extend(self.sp.encode(chunk))
         return ids
+
+    def mentions_special(self, text: str) -> bool:
+        return bool(self._split and self._split.search(text))
 
     def decode(self, ids: list[int]) -> str:
         out: list[str] = []
