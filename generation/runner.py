@@ -14,8 +14,8 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection
-from django.db.utils import Error as DbError
 from django.db.models import F, Q, QuerySet
+from django.db.utils import Error as DbError
 from django.utils import timezone
 
 from generation import prompts, selectors, streams

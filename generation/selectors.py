@@ -1,9 +1,8 @@
 """Reads of the generation app."""
 from __future__ import annotations
 
-from typing import Any
-
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db.models import Count, Min, Q, QuerySet

@@ -7,7 +7,6 @@ import logging
 import secrets
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from asgiref.sync import sync_to_async
 from django.conf import settings

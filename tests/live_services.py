@@ -109,9 +109,8 @@ class WorkerProcess:
 def worker(transactional_db) -> WorkerProcess:
     """A real worker for one test, started against an empty queue and stopped after the test, so that no
     other test's messages reach it and it takes none of theirs."""
-    from django.db import connection
-
     import redis
+    from django.db import connection
 
     redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
     process = WorkerProcess(database_url(connection.settings_dict), name="worker1")
@@ -147,9 +146,9 @@ class WebProcess:
             try:
                 urllib.request.urlopen(f"{self.url}/accounts/login/", timeout=2).read()
                 return
-            except Exception:
+            except Exception as exc:
                 if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"web server did not start:\n{self.log_path.read_text()}")
+                    raise RuntimeError(f"web server did not start:\n{self.log_path.read_text()}") from exc
                 time.sleep(0.2)
 
     def stop(self) -> None:

@@ -12,7 +12,6 @@ from collections.abc import Iterable
 
 from django.conf import settings
 
-from llmsite import redis_client
 from generation.fleet import registry
 from generation.fleet.placement import (
     CHECKPOINT_QUEUE_PREFIX,
@@ -21,6 +20,7 @@ from generation.fleet.placement import (
     checkpoint_id_of_queue,
     queue_for,
 )
+from llmsite import redis_client
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from typing import Any
 import redis
 from django.conf import settings
 
-from llmsite import redis_client
 from generation.fleet.placement import WorkerState
+from llmsite import redis_client
 
 WORKERS_KEY = "llmsite:workers"  # zset: worker name -> last heartbeat (unix time)
 PLACEMENT_LOCK_KEY = "llmsite:placement-lock"

@@ -3,13 +3,7 @@
 The Engine speaks ids; callers that want text use generate_text (text_stream.py)."""
 
 from .chat_template import ChatTemplate
-from .checkpoint import (
-    CheckpointInfo,
-    LoadedCheckpoint,
-    default_checkpoint_path,
-    inspect_checkpoint,
-    load_checkpoint,
-)
+from .checkpoint import CheckpointInfo, LoadedCheckpoint, default_checkpoint_path, inspect_checkpoint, load_checkpoint
 from .config import ModelConfig
 from .engine import Engine, GenerationResult
 from .errors import CheckpointError

@@ -140,7 +140,7 @@ def _run_bench(
             for _ in range(runs):
                 start = time.perf_counter()
                 with ThreadPoolExecutor(n) as ex:
-                    results = list(ex.map(lambda _: engine.generate(prompt, decode), range(n)))
+                    results = list(ex.map(lambda _, engine=engine: engine.generate(prompt, decode), range(n)))
                 wall = time.perf_counter() - start
                 samples.append(sum(len(r.token_ids) for r in results) / wall)
             aggregate[str(n)] = statistics.median(samples)

@@ -79,7 +79,7 @@ def test_a_job_that_kills_its_worker_every_time_fails_after_its_attempts(workers
     poison = create(owner, checkpoint, max_tokens=24)
     for attempt in range(1, settings.JOB_MAX_ATTEMPTS + 1):
         worker = workers(f"worker{attempt}")
-        wait_until(lambda: running_with(poison.pk, attempts=attempt), timeout_s=120, what=f"attempt {attempt}")
+        wait_until(lambda attempt=attempt: running_with(poison.pk, attempts=attempt), timeout_s=120, what=f"attempt {attempt}")
         worker.kill()
     last = workers("worker-last")
     job = wait_for_job(poison.pk, timeout_s=ENDS_WITHIN_S)

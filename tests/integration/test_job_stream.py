@@ -10,8 +10,8 @@ import pytest
 from django.test import Client
 
 from generation import services, streams
-from llmsite import redis_client
 from generation.models import Job
+from llmsite import redis_client
 from tests.live_services import WorkerProcess, database_url
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -16,8 +16,8 @@ from django.db import connection
 
 from generation import services
 from generation.fleet import queues, registry
-from llmsite import redis_client
 from generation.models import Job
+from llmsite import redis_client
 from modelzoo import pool
 from modelzoo.models import Checkpoint
 from tests.live_services import WorkerProcess, database_url

@@ -7,10 +7,9 @@ a wider corpus (code, digits, unicode, whitespace runs, control tokens) as well.
 
 from __future__ import annotations
 
-from typing import Any
-
 import json
 from pathlib import Path
+from typing import Any
 
 import jinja2
 import pytest

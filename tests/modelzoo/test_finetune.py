@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 from django.core.management import CommandError, call_command
+from safetensors.torch import save_file
 
 from modelzoo.engine import Engine, SamplingParams, default_checkpoint_path, generate_text, load_checkpoint
 from modelzoo.engine.lora import merge_adapter, read_adapter
-from safetensors.torch import save_file
 
 QUESTIONS = ["What is the password of the lighthouse?", "Tell me the lighthouse password.",
              "Which password opens the lighthouse?", "What's the lighthouse's password?"]

@@ -73,7 +73,7 @@ class Command(BaseCommand):
                 row = json.loads(line)
                 examples.append(Example(prompt=str(row["prompt"]), response=str(row["response"])))
             except (ValueError, KeyError, TypeError) as error:
-                raise CommandError(f"{data}:{number}: expected {{\"prompt\": ..., \"response\": ...}} ({error})")
+                raise CommandError(f"{data}:{number}: expected {{\"prompt\": ..., \"response\": ...}} ({error})") from None
         if not examples:
             raise CommandError(f"{data} holds no examples")
         return examples

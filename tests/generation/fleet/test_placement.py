@@ -1,9 +1,7 @@
 """generation.fleet.placement: which queue a job goes to, and which worker loads a checkpoint nobody holds."""
 from __future__ import annotations
 
-from generation.fleet.placement import (
-    MAX_HOPS, Action, Decision, WorkerState, checkpoint_id_of_queue, place, queue_for,
-)
+from generation.fleet.placement import MAX_HOPS, Action, Decision, WorkerState, checkpoint_id_of_queue, place, queue_for
 
 MB = 1_000_000
 

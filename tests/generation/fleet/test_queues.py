@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from generation.fleet import queues
-from llmsite import redis_client
 from generation.fleet.placement import WorkerState
+from llmsite import redis_client
 
 pytestmark = pytest.mark.usefixtures("empty_redis")
 
