@@ -10,7 +10,7 @@ import sentencepiece as spm
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from modelzoo import services
-from modelzoo.engine import Engine, SamplingParams, inspect_checkpoint, load_checkpoint
+from modelzoo.engine import Engine, SamplingParams, generate_text, inspect_checkpoint, load_checkpoint
 from modelzoo.engine.tokenizer import tokenizer_from_hf_dir
 from modelzoo.models import Checkpoint
 from tests.modelzoo.gguf_factory import CHATML
@@ -142,13 +142,15 @@ def test_it_uploads_a_zip_with_tokenizer_model_validates_to_ready_and_generates(
         loaded.chat_template.render([{"role": "user", "content": "Say hello."}], add_generation_prompt=True)
     )
     engine = Engine(loaded, max_batch_size=1, max_seq_len=64)
+    streamed: list[str] = []
     try:
-        result = engine.generate(prompt_ids, SamplingParams(max_tokens=6, temperature=0.0))
+        result = generate_text(engine, loaded.tokenizer, prompt_ids, SamplingParams(max_tokens=6, temperature=0.0),
+                               on_text=streamed.append)
     finally:
         engine.close()
     assert 1 <= len(result.token_ids) <= 6
     assert all(0 <= t < 420 for t in result.token_ids)
-    assert result.text == loaded.tokenizer.decode(result.token_ids)
+    assert result.text == "".join(streamed) == loaded.tokenizer.decode(result.token_ids)
 
 
 @pytest.mark.django_db
