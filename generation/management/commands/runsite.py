@@ -42,7 +42,8 @@ class Command(BaseCommand):
         external_url = os.environ.get("REDIS_URL")
         url = external_url or settings.REDIS_URL
         specs = [] if external_url else self._local_redis(url)
-        env = dict(os.environ, REDIS_URL=url)
+        # The web server and Redis share this host with the worker: its engine takes a thread fewer (ENGINE_THREADS).
+        env = dict(os.environ, REDIS_URL=url, LLMSITE_SHARED_HOST=os.environ.get("LLMSITE_SHARED_HOST", "1"))
         specs.append(ChildSpec("worker", [
             sys.executable, "-m", "celery", "-A", "llmsite", "worker", "--pool", "threads",
             "--concurrency", str(concurrency), "--loglevel", "INFO", "--without-gossip", "--without-mingle",
