@@ -142,21 +142,26 @@ def jobs_reconcile(*, publish: Callable[[Job], None]) -> dict[str, int]:
     now = timezone.now()
     expired = Job.objects.filter(status=Job.Status.RUNNING, lease_expires_at__lt=now)
     failed = _job_fail_lost(jobs=expired)
-    requeued = 0
+    requeued: list[Job] = []
     for job in expired.filter(attempts__lt=settings.JOB_MAX_ATTEMPTS):
         if Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING, lease_expires_at=job.lease_expires_at).update(
             status=Job.Status.QUEUED, output="", first_token_at=None, lease_expires_at=None
         ):
-            requeued += 1
+            requeued.append(job)
             logger.warning("Job %s: its worker stopped renewing the lease; queued again", job.pk)
+    # A requeued job's old message is gone with its worker, or waits unacked until the visibility timeout: it
+    # gets a new one. The other queued jobs get one each for the messages missing (publish raises when the
+    # broker is down: the next round tries again).
+    missing = Job.objects.filter(status=Job.Status.QUEUED).count() - len(requeued) - queues.messages_waiting()
+    others = Job.objects.filter(status=Job.Status.QUEUED).exclude(pk__in=[job.pk for job in requeued])
     published = 0
-    missing = Job.objects.filter(status=Job.Status.QUEUED).count() - queues.messages_waiting()
-    for job in Job.objects.filter(status=Job.Status.QUEUED).order_by("created_at", "id")[:max(0, missing)]:
-        publish(job)  # raises when the broker is down: the next round tries again
+    for job in [*requeued, *others.order_by("created_at", "id")[:max(0, missing)]]:
+        publish(job)
         published += 1
     if requeued or published or failed:
-        logger.warning("Reconciled: %d failed, %d queued again, %d published again", failed, requeued, published)
-    return {"failed": failed, "requeued": requeued, "published": published}
+        logger.warning("Reconciled: %d failed, %d queued again, %d published again", failed, len(requeued),
+                       published)
+    return {"failed": failed, "requeued": len(requeued), "published": published}
 
 
 def compact_logprob(entry: dict) -> list:

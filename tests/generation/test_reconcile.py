@@ -29,6 +29,7 @@ def test_it_queues_again_a_running_job_whose_lease_expired(make_job, published):
     gone = make_job(status=Job.Status.RUNNING, attempts=1, output="half",
                     lease_expires_at=timezone.now() - timedelta(seconds=1))
     alive = make_job(status=Job.Status.RUNNING, attempts=1, lease_expires_at=timezone.now() + timedelta(seconds=30))
+    redis_client.client().hset("unacked", "tag", "the dead worker's message, until the visibility timeout")
     assert reconcile(published) == {"failed": 0, "requeued": 1, "published": 1}
     gone.refresh_from_db(), alive.refresh_from_db()
     assert (gone.status, gone.output, gone.attempts) == (Job.Status.QUEUED, "", 1)
