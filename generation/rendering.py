@@ -5,7 +5,8 @@ same Markdown while tokens arrive (markdown-it + DOMPurify, vendored under stati
 stored rendering replaces it when the job ends.
 
 Images are not rendered (the Content-Security-Policy would refuse remote ones anyway), nor are inline styles;
-links get rel="noopener noreferrer nofollow" and only http(s) and mailto targets."""
+links get rel="noopener noreferrer nofollow" and only http(s) and mailto targets. Code blocks (<pre>) get
+tabindex="0": they scroll sideways, and a keyboard user must be able to reach and scroll them."""
 from __future__ import annotations
 
 import re
@@ -37,6 +38,8 @@ ALLOWED_TAGS = {
     "del", "code", "pre", "a", "table", "thead", "tbody", "tr", "th", "td", "div", "span",
 }
 ALLOWED_ATTRIBUTES = {"*": {"class"}, "a": {"href", "title"}, "ol": {"start"}}
+#: Set on every element of the tag after sanitizing: a code block scrolls sideways, so the keyboard must reach it.
+SET_ATTRIBUTES = {"pre": {"tabindex": "0"}}
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,8 @@ def _markdown(fallback_language: str) -> MarkdownIt:
 
 def sanitize(html: str) -> str:
     return nh3.clean(html, tags=ALLOWED_TAGS, attributes=ALLOWED_ATTRIBUTES, url_schemes={"http", "https", "mailto"},
-                     link_rel="noopener noreferrer nofollow", strip_comments=True)
+                     link_rel="noopener noreferrer nofollow", strip_comments=True,
+                     set_tag_attribute_values=SET_ATTRIBUTES)
 
 
 def render_markdown(text: str, *, language: str = "") -> SafeString:

@@ -27,9 +27,6 @@ AXE = "/static/generation/vendor/axe.min.js"  # served like any static file, so 
 #: axe-core rules every page must pass (WCAG 2.1 A/AA and best practices, which hold the landmark rules).
 AXE_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa", "best-practice"]
 AXE_REQUIRED = {"label", "landmark-one-main", "region", "button-name", "link-name", "color-contrast"}
-#: Known violations outside this test's pages' own templates: (page, rule) -> why. The job page's code blocks
-#: (rendering.py, job_markdown.js) scroll sideways without being focusable (a <pre tabindex="0"> would fix it).
-AXE_KNOWN = {("job", "scrollable-region-focusable"): "code blocks of the job page are not focusable"}
 SCREENSHOTS = os.environ.get("LLMSITE_SCREENSHOTS", "")
 PHONE, DESKTOP = {"width": 390, "height": 844}, {"width": 1280, "height": 900}
 LONG_WORD = "https://example.com/" + "a-very-long-path-segment-" * 8
@@ -100,14 +97,13 @@ def scroll_overflow(page: Page) -> int:
     return page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
 
 
-def axe_violations(page: Page, name: str) -> list[str]:
+def axe_violations(page: Page) -> list[str]:
     if not page.evaluate("typeof window.axe !== 'undefined'"):
         page.add_script_tag(url=AXE)
     results = page.evaluate("tags => axe.run(document, {runOnly: {type: 'tag', values: tags}})", AXE_TAGS)
     ran = {rule["id"] for key in ("passes", "violations", "incomplete", "inapplicable") for rule in results[key]}
     assert AXE_REQUIRED <= ran, AXE_REQUIRED - ran
-    return [f"{v['id']}: {v['help']} at {[node['target'] for node in v['nodes']][:3]}" for v in results["violations"]
-            if (name, v["id"]) not in AXE_KNOWN]
+    return [f"{v['id']}: {v['help']} at {[node['target'] for node in v['nodes']][:3]}" for v in results["violations"]]
 
 
 def screenshot(page: Page, name: str, scheme: str) -> None:
@@ -134,10 +130,10 @@ def visit_every_page(site: dict, scheme: str) -> dict[str, list[str]]:
             found = []
             if (overflow := scroll_overflow(page)) > 0:
                 found.append(f"scrolls sideways by {overflow} px at 390 px")
-            found += axe_violations(page, name)
+            found += axe_violations(page)
             if scheme == "light":  # the wide layout too (the cards are tables again)
                 page.set_viewport_size(DESKTOP)
-                found += [f"at 1280 px: {v}" for v in axe_violations(page, name)]
+                found += [f"at 1280 px: {v}" for v in axe_violations(page)]
                 page.set_viewport_size(PHONE)
             screenshot(page, name, scheme)
             if found:

@@ -67,3 +67,12 @@ def test_it_renders_lists_emphasis_and_code_spans():
 
 def test_it_keeps_a_completion_as_plain_escaped_text():
     assert render_output("<b>hi</b>", task="completion") == '<div class="prose">&lt;b&gt;hi&lt;/b&gt;</div>'
+
+
+def test_it_makes_every_code_block_reachable_by_the_keyboard():
+    """A code block scrolls sideways, so it is focusable (axe: scrollable-region-focusable); the attribute is set
+    by the sanitizer, so text cannot choose another value."""
+    html = render_output("Code:\n\n```python\nprint('x' * 200)\n```\n\n    indented\n", task="code")
+    assert html.count('<pre tabindex="0">') == 2
+    html = render_output('<pre tabindex="5">x</pre>', task="qa")
+    assert 'tabindex="5"' not in html and "&lt;pre" in html

@@ -1,7 +1,8 @@
 // Markdown for answers while they stream, and copy buttons. The model's text is untrusted: markdown-it renders it
 // with raw HTML off (a tag the model writes stays text), images off, and DOMPurify then keeps only the elements
 // and attributes the server's sanitizer (generation/rendering.py, nh3) allows, so the live view and the stored
-// view agree. Code blocks get the server's structure (div.highlight > pre > code); Pygments' colours arrive
+// view agree. Code blocks get the server's structure (div.highlight > pre[tabindex=0] > code, focusable because
+// they scroll sideways; tabindex is set after sanitizing, never taken from the text); Pygments' colours arrive
 // with the stored rendering when the job ends.
 (function () {
   "use strict";
@@ -36,6 +37,7 @@
     if (!purifyReady) {
       window.DOMPurify.addHook("afterSanitizeAttributes", function (node) {
         if (node.tagName === "A") node.setAttribute("rel", "noopener noreferrer nofollow");
+        if (node.tagName === "PRE") node.setAttribute("tabindex", "0"); // scrolls sideways: the keyboard must reach it
       });
       purifyReady = true;
     }
