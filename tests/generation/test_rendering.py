@@ -75,4 +75,4 @@ def test_it_makes_every_code_block_reachable_by_the_keyboard():
     html = render_output("Code:\n\n```python\nprint('x' * 200)\n```\n\n    indented\n", task="code")
     assert html.count('<pre tabindex="0">') == 2
     html = render_output('<pre tabindex="5">x</pre>', task="qa")
-    assert 'tabindex="5"' not in html and "&lt;pre" in html
+    assert "<pre" not in html and "&lt;pre" in html
