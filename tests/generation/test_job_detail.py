@@ -68,7 +68,7 @@ def test_it_renders_markdown_with_highlighted_code(owner_client, make_job):
                    output="Here is the **function**:\n\n```python\ndef add(a, b):\n    return a + b\n```\n\nDone.")
     content = owner_client.get(f"/jobs/{job.pk}/").content.decode()
     assert "<p>Here is the <strong>function</strong>:</p>" in content
-    assert '<div class="highlight"><pre><span></span><code><span class="k">def</span>' in content
+    assert '<div class="highlight"><pre tabindex="0"><span></span><code><span class="k">def</span>' in content
     assert "<p>Done.</p>" in content
     assert "/static/generation/pygments.css" in content
     assert "/static/generation/vendor/markdown-it.min.js" in content
