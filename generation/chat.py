@@ -37,6 +37,12 @@ DEFAULT_PRESET = "assistant"
 CONTINUE_PROMPT = "Continue exactly where your previous answer stopped. Do not repeat anything; do not start over."
 
 
+def system_messages(system_prompt: str) -> list[Message]:
+    """The system message that starts a request: none for a blank system prompt (the checkpoint's template may
+    then add its own)."""
+    return [{"role": "system", "content": system_prompt}] if system_prompt.strip() else []
+
+
 def turn_messages(turns: Iterable[Any]) -> list[list[Message]]:
     """Earlier turns (Jobs, oldest first) as groups of messages, one group per exchange: the user's message and
     the answer. A turn without an answer (failed, or still running) is left out: the model would see a
@@ -79,7 +85,7 @@ def fit_turns(*, checkpoint: Checkpoint, system_prompt: str, history: list[list[
     as fit the context window together with `new` and `max_tokens` new tokens (the oldest are left out
     first), then `new`. With `max_tokens` None the answer gets `default_max_tokens` or what room is left.
     Raises limits.ContextTooLong when even `new` alone does not fit."""
-    system = [{"role": "system", "content": system_prompt}] if system_prompt.strip() else []
+    system = system_messages(system_prompt)
     # Trying the full history first is the common case; past the window, look for the smallest cut.
     low, high = 0, len(history)  # invariant: dropping `high` exchanges is enough (or nothing is)
     last_error: limits.ContextTooLong | None = None

@@ -1,9 +1,11 @@
 """The new-job form: every check a submission needs, each error next to its field."""
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from django import forms
+from django.core.exceptions import NON_FIELD_ERRORS
 
 from generation import chat, limits, prompts
 from generation.models import Job
@@ -188,3 +190,94 @@ class RatingForm(forms.Form):
 
     def rating_value(self) -> int | None:
         return self.VALUES[self.cleaned_data["rating"]]
+
+
+# --- compare -------------------------------------------------------------------------------------------------
+
+#: The tasks a comparison runs: the new-job form's, and a chat message under a system prompt of one's own.
+COMPARE_TASKS = [*JobForm.base_fields["task"].choices, (Job.Task.CHAT.value, Job.Task.CHAT.label)]
+COMPARE_SIDES = ("a", "b")
+#: What each column sets for itself (CompareForm's `<name>_a`, `<name>_b`); the rest of the input is shared.
+COMPARE_SIDE_FIELDS = ("checkpoint", "temperature", "max_tokens")
+COMPARE_SHARED_FIELDS = ("task", "prompt", "system_prompt", "context", "language", "length", "seed")
+
+
+class CompareSideForm(JobForm):
+    """One column of a comparison as one new job: JobForm's checks (bounds, the task's defaults for what is
+    blank, the context window counted with the column's own checkpoint), plus the chat task, whose message is
+    sent under `system_prompt`."""
+
+    task = forms.ChoiceField(choices=COMPARE_TASKS)
+    system_prompt = forms.CharField(required=False)
+
+    @staticmethod
+    def _options_of(data: dict[str, Any]) -> dict[str, Any]:
+        if data["task"] == Job.Task.CHAT:
+            user = {"role": "user", "content": data["prompt"]}
+            return {"messages": [*chat.system_messages(data.get("system_prompt") or ""), user]}
+        return JobForm._options_of(data)
+
+
+class CompareForm(forms.Form):
+    """One input and two columns of settings, each column a job (generation/compare.py submits both). Each column
+    is checked as the new-job form checks a job (CompareSideForm, so the bounds and the context window are
+    JobForm's), and its errors are put next to this form's fields: a column's own settings, or the shared input
+    when only one column's checkpoint cannot take it."""
+
+    task = forms.ChoiceField(choices=COMPARE_TASKS, initial=Job.Task.CODE)
+    prompt = forms.CharField(widget=forms.Textarea(attrs={"rows": 6}), error_messages={"required": "Enter a prompt."},
+                             help_text="Code: what to write. QA: your question. Summarize: the text to summarize. "
+                                       "Chat: your message.")
+    system_prompt = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False,
+                                    initial=chat.PRESETS[chat.DEFAULT_PRESET].system_prompt,
+                                    help_text="Chat only: sent before your message. Blank: none.")
+    context = copy.deepcopy(JobForm.base_fields["context"])
+    language = copy.deepcopy(JobForm.base_fields["language"])
+    length = copy.deepcopy(JobForm.base_fields["length"])
+    seed = _bounded(forms.IntegerField, limits.SEED,
+                    help_text="Both columns use it, so sampling differs only by the settings. Blank: random.")
+    checkpoint_a = copy.deepcopy(JobForm.base_fields["checkpoint"])
+    temperature_a = _bounded(forms.FloatField, limits.TEMPERATURE, label="Temperature",
+                             help_text="Blank: the task's default. 0 = greedy.")
+    max_tokens_a = _bounded(forms.IntegerField, limits.MAX_TOKENS, label="Max tokens",
+                            help_text="Blank: the task's default.")
+    checkpoint_b = copy.deepcopy(checkpoint_a)
+    temperature_b = copy.deepcopy(temperature_a)
+    max_tokens_b = copy.deepcopy(max_tokens_a)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for side in COMPARE_SIDES:
+            self.fields[f"checkpoint_{side}"].label = "Checkpoint"
+        self.sides: dict[str, CompareSideForm] = {}
+
+    def column_fields(self) -> list[tuple[str, list[forms.BoundField]]]:
+        """Each column's side ("a", "b") and its fields, for the template."""
+        return [(side, [self[f"{name}_{side}"] for name in COMPARE_SIDE_FIELDS]) for side in COMPARE_SIDES]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        own_errors = set(self.errors)  # this form's own checks; a column repeats them, so they are said once
+        for side in COMPARE_SIDES:
+            form = CompareSideForm(self._side_data(side))
+            if form.is_valid():
+                self.sides[side] = form
+                continue
+            for name, errors in form.errors.items():
+                key = f"{name}_{side}" if name in COMPARE_SIDE_FIELDS else name if name in self.fields else None
+                if key in own_errors:
+                    continue
+                for error in errors:
+                    text = error if key is not None else f"Column {side.upper()}: {error}"
+                    if text not in self.errors.get(key or NON_FIELD_ERRORS, []):
+                        self.add_error(key, text)
+        return data
+
+    def _side_data(self, side: str) -> dict[str, Any]:
+        raw = {name: self.data.get(name, "") for name in COMPARE_SHARED_FIELDS}
+        raw.update({name: self.data.get(f"{name}_{side}", "") for name in COMPARE_SIDE_FIELDS})
+        return raw
+
+    def jobs_kwargs(self) -> list[dict[str, Any]]:
+        """Keyword arguments of services.job_create for each column of a valid form, A then B."""
+        return [self.sides[side].job_kwargs() for side in COMPARE_SIDES]

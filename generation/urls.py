@@ -1,6 +1,6 @@
 from django.urls import path
 
-from generation import views
+from generation import compare, views
 
 app_name = "generation"
 
@@ -16,6 +16,8 @@ urlpatterns = [
     path("jobs/<int:job_id>/replay/", views.job_replay, name="job_replay"),
     path("jobs/<int:job_id>/continue/", views.job_continue, name="job_continue"),
     path("jobs/<int:job_id>/rate/", views.job_rate, name="job_rate"),
+    path("compare/new/", compare.compare_new, name="compare_new"),
+    path("compare/", compare.compare_detail, name="compare_detail"),
     path("conversations/", views.conversation_list, name="conversation_list"),
     path("conversations/new/", views.conversation_new, name="conversation_new"),
     path("conversations/<int:conversation_id>/", views.conversation_detail, name="conversation_detail"),
