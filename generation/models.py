@@ -8,6 +8,7 @@ from django.conf import settings
 from django.db import models
 from django.urls import reverse
 
+from generation import confidence
 from modelzoo.models import WEB_TASKS, Task
 
 if TYPE_CHECKING:
@@ -88,6 +89,9 @@ class Job(models.Model):
     output = models.TextField(blank=True)
     #: when asked (options["logprobs"] = N): per generated token [text, logprob, [[alternative, logprob], ...]]
     logprobs = models.JSONField(null=True, blank=True)
+    #: the mean of `logprobs`' values (generation.confidence.mean_logprob), set with them; the history sorts by it
+    mean_logprob = models.FloatField(null=True, blank=True, db_index=True,
+                                     help_text="Mean token log-probability; exp() of it is the confidence shown")
     error = models.TextField(blank=True)
     finish_reason = models.CharField(max_length=20, blank=True)
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
@@ -207,6 +211,10 @@ class Job(models.Model):
         return SamplingParams(**self.sampling(),
                               stop=tuple(self.options.get("stop") or ()), logprobs=self.options.get("logprobs"))
 
+    def confidence(self) -> float | None:
+        """The mean token probability the pages show, 0..1: exp(mean_logprob), the tokens' geometric mean."""
+        return confidence.probability(self.mean_logprob)
+
     def language(self) -> str:
         return str(self.options.get("language", "")) if self.task == self.Task.CODE else ""
 
@@ -245,6 +253,9 @@ class Job(models.Model):
             "finish_text": self.finish_text(),
             "conversation_id": self.conversation_id,
             "answer_so_far": self.answer_so_far(),
+            "mean_logprob": self.mean_logprob,
+            "confidence": self.confidence(),
+            "logprobs": self.logprobs,
             "rating": self.rating,
             "rating_comment": self.rating_comment,
             "created_at": iso(self.created_at),

@@ -19,6 +19,7 @@ from django.db.utils import Error as DbError
 from django.utils import timezone
 
 from generation import prompts, selectors, streams
+from generation.confidence import compact_logprob, mean_logprob
 from generation.fleet import queues
 from generation.models import Job
 from llmsite import redis_client
@@ -162,11 +163,6 @@ def jobs_reconcile(*, publish: Callable[[Job], None]) -> dict[str, int]:
         logger.warning("Reconciled: %d failed, %d queued again, %d published again", failed, len(requeued),
                        published)
     return {"failed": failed, "requeued": len(requeued), "published": published}
-
-
-def compact_logprob(entry: dict) -> list:
-    """generate_text's OpenAI-shaped entry as stored with the job: [text, logprob, [[alternative, logprob], ...]]."""
-    return [entry["token"], entry["logprob"], [[alt["token"], alt["logprob"]] for alt in entry["top_logprobs"]]]
 
 
 @dataclass
@@ -330,6 +326,7 @@ def _job_generate(*, job: Job) -> dict[str, Any]:
     elif result.finish_reason == "cancelled":
         status = Job.Status.CANCELLED
     completion_tokens = len(result.token_ids)
+    logprobs = None if result.logprobs is None else [compact_logprob(e) for e in result.logprobs]
     first_token_at = None
     if completion_tokens:
         first_token_at = first_token_seen or generation_started + timedelta(seconds=result.ttft_s)
@@ -343,7 +340,8 @@ def _job_generate(*, job: Job) -> dict[str, Any]:
         "batch_size": result.batch_size,
         "first_token_at": first_token_at,
         "decode_s": max(result.elapsed_s - result.ttft_s, 0.0) if completion_tokens else None,
-        "logprobs": None if result.logprobs is None else [compact_logprob(e) for e in result.logprobs],
+        "logprobs": logprobs,
+        "mean_logprob": mean_logprob(logprobs),
     }
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from generation import chat, limits, prompts, streams
+from generation import chat, confidence, limits, prompts, streams
 from generation.fleet import queues
 from generation.models import ApiKey, Conversation, Job
 from modelzoo.models import Checkpoint
@@ -41,17 +41,22 @@ def job_create(
 ) -> Job:
     """Create a queued job and enqueue it once the transaction commits.
 
-    Input is trusted (JobForm validated it). When the broker cannot be reached the job is failed with the
+    Input is trusted (JobForm validated it). A web job (the job form, a conversation turn, their continuations)
+    also keeps its tokens' log-probabilities with confidence.WEB_TOP_LOGPROBS alternatives, for its page's
+    confidence view; an API job keeps them only when its request asked (`options["logprobs"]`). When the broker cannot be reached the job is failed with the
     reason right away and the returned object says so (`status == failed`, `error`), so the caller can tell
     the user; a job is never left queued without a message behind it.
     """
+    options = dict(options or {})
+    if source == Job.Source.WEB:
+        options.setdefault("logprobs", confidence.WEB_TOP_LOGPROBS)
     with transaction.atomic():
         job = Job.objects.create(
             owner=owner,
             task=task,
             prompt=prompt,
             context=context,
-            options=options or {},
+            options=options,
             checkpoint=checkpoint,
             temperature=temperature,
             top_p=top_p,

@@ -1,10 +1,15 @@
 """Stand-ins for the engine in service tests that check the job's bookkeeping, not the model."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+#: The log-probability FakeEngine gives every token it generates when asked (its alternatives: FAKE_ALTERNATIVES).
+FAKE_LOGPROB = -0.5
+FAKE_ALTERNATIVES = ((ord("x"), -1.5), (ord("y"), -2.5), (ord("z"), -3.5), (ord("w"), -4.5))
 
 
 @dataclass
@@ -17,6 +22,7 @@ class FakeResult:
     elapsed_s: float = 1.25
     tokens_per_s: float = 2.0
     batch_size: int = 3
+    logprobs: list | None = None
 
 
 class FakeTokenizer:
@@ -62,7 +68,8 @@ def push_text(on_token: Callable[[int], Any], text: str) -> None:
 
 class FakeEngine:
     """Speaks ids like the Engine: records each generate() call, feeds `result.text` to on_token as FakeTokenizer
-    ids and answers with `result`, or runs `behaviour(**call)` instead."""
+    ids and answers with `result`, or runs `behaviour(**call)` instead. With params.logprobs set, each token comes
+    with a TokenLogprob (FAKE_LOGPROB, its own id first among params.logprobs alternatives), as the Engine's do."""
 
     def __init__(self, result: FakeResult | None = None, behaviour: Callable[..., Any] | None = None) -> None:
         self.result = result or FakeResult()
@@ -75,9 +82,18 @@ class FakeEngine:
         self.calls.append(call)
         if self.behaviour is not None:
             return self.behaviour(**call)
-        if on_token is not None:
-            push_text(on_token, self.result.text)
-        return self.result
+        if params.logprobs is None:
+            if on_token is not None:
+                push_text(on_token, self.result.text)
+            return self.result
+        from modelzoo.engine.sampling import TokenLogprob
+
+        entries = [TokenLogprob(ord(c), FAKE_LOGPROB, ((ord(c), FAKE_LOGPROB), *FAKE_ALTERNATIVES)[:params.logprobs])
+                   for c in self.result.text]
+        for entry in entries:
+            if on_token is not None:
+                on_token(entry.token_id, entry)
+        return dataclasses.replace(self.result, logprobs=entries)
 
     def close(self) -> None:
         pass
