@@ -3,6 +3,10 @@
 Every figure is the median of `runs` runs. Decode runs ignore end-of-sequence so each
 request produces exactly `max_tokens` tokens. With `busy` N, N processes spin (`while True:
 pass`) beside the whole run, ours and the other engines', as neighbours on a real host do.
+With `logprobs` N, the one-stream and aggregate runs are each followed by the same run with
+token log-probabilities and N alternatives per token (SamplingParams.logprobs), so the two
+figures of a pair see the same neighbours; they are reported under "logprobs" with the ratios
+with / without.
 """
 
 from __future__ import annotations
@@ -74,6 +78,21 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def _aggregate_tokens_per_s(engine: Engine, prompt: list[int], params: SamplingParams, n: int) -> float:
+    """Tokens/s of n identical requests sent at once (prefill included)."""
+    start = time.perf_counter()
+    with ThreadPoolExecutor(n) as ex:
+        results = list(ex.map(lambda _: engine.generate(prompt, params), range(n)))
+    return sum(len(r.token_ids) for r in results) / (time.perf_counter() - start)
+
+
+def _logprobs_figures(top: int, without: dict[str, Any], decode: float, aggregate: dict[str, float]) -> dict[str, Any]:
+    """The figures with log-probabilities beside the ratios with / without (1.0 = free; 0.97 = 3% slower)."""
+    ratios = {"decode": decode / without["decode_tokens_per_s"]}
+    ratios.update({f"aggregate_{n}": tps / without["aggregate_tokens_per_s"][n] for n, tps in aggregate.items()})
+    return {"top_logprobs": top, "decode_tokens_per_s": decode, "aggregate_tokens_per_s": aggregate, "ratios": ratios}
+
+
 def run_bench(
     path: str | Path | None = None,
     *,
@@ -88,17 +107,20 @@ def run_bench(
     against_transformers: bool = False,
     threads: int | None = None,
     busy: int = 0,
+    logprobs: int | None = None,
 ) -> dict[str, Any]:
     """Our figures; with against_* also the other engine's on the same file, prompt and
     threads, and the ratios ours/theirs (under "llamacpp" / "transformers" and "ratios").
-    `threads`: torch's thread count (None: as set); `busy`: spinning processes beside the run."""
+    `threads`: torch's thread count (None: as set); `busy`: spinning processes beside the run;
+    `logprobs`: also measure decode with log-probabilities and this many alternatives."""
     if threads is not None:
         torch.set_num_threads(threads)
     load_before = os.getloadavg()[0]
     with busy_neighbours(busy):
         result = _run_bench(path, max_tokens=max_tokens, runs=runs, prompt_tokens=prompt_tokens,
                             concurrency=concurrency, device=device, quantization=quantization, dtype=dtype,
-                            against_llamacpp=against_llamacpp, against_transformers=against_transformers)
+                            against_llamacpp=against_llamacpp, against_transformers=against_transformers,
+                            logprobs=logprobs)
     result["busy"] = busy
     result["load_average_before"] = load_before
     return result
@@ -116,6 +138,7 @@ def _run_bench(
     dtype: torch.dtype | None,
     against_llamacpp: bool,
     against_transformers: bool,
+    logprobs: int | None = None,
 ) -> dict[str, Any]:
     path = Path(path) if path else default_checkpoint_path()
     t0 = time.perf_counter()
@@ -125,25 +148,29 @@ def _run_bench(
     prompt = bench_prompt(ckpt.tokenizer, ckpt.chat_template, prompt_tokens)
     engine = Engine(ckpt, max_batch_size=max_batch, max_seq_len=len(prompt) + max_tokens + 8)
     decode = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
+    with_lp = SamplingParams(max_tokens=max_tokens, ignore_eos=True, logprobs=logprobs) if logprobs is not None else None
     try:
         engine.generate(prompt, SamplingParams(max_tokens=4, ignore_eos=True))  # warm-up
-        prefill, ttft, single = [], [], []
+        prefill, ttft, single, single_lp = [], [], [], []
         for _ in range(runs):
             r = engine.generate(prompt, SamplingParams(max_tokens=1))
             prefill.append(len(prompt) / r.ttft_s)
             r = engine.generate(prompt, decode)
             ttft.append(r.ttft_s)
             single.append(r.tokens_per_s)
+            if with_lp is not None:
+                single_lp.append(engine.generate(prompt, with_lp).tokens_per_s)
         aggregate: dict[str, float] = {}
+        aggregate_lp: dict[str, float] = {}
         for n in concurrency:
-            samples = []
+            samples, samples_lp = [], []
             for _ in range(runs):
-                start = time.perf_counter()
-                with ThreadPoolExecutor(n) as ex:
-                    results = list(ex.map(lambda _, engine=engine: engine.generate(prompt, decode), range(n)))
-                wall = time.perf_counter() - start
-                samples.append(sum(len(r.token_ids) for r in results) / wall)
+                samples.append(_aggregate_tokens_per_s(engine, prompt, decode, n))
+                if with_lp is not None:
+                    samples_lp.append(_aggregate_tokens_per_s(engine, prompt, with_lp, n))
             aggregate[str(n)] = statistics.median(samples)
+            if with_lp is not None:
+                aggregate_lp[str(n)] = statistics.median(samples_lp)
     finally:
         engine.close()
     result = {
@@ -163,6 +190,8 @@ def _run_bench(
         "peak_rss_mb": peak_rss_mb(),  # before any other engine runs in this process
         "load_average": os.getloadavg()[0],
     }
+    if with_lp is not None:
+        result["logprobs"] = _logprobs_figures(logprobs, result, statistics.median(single_lp), aggregate_lp)
     del engine, ckpt
     if against_llamacpp:
         if bench_others.available("llama_cpp"):

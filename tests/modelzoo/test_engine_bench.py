@@ -83,3 +83,32 @@ def test_the_busy_processes_are_stopped_when_the_run_fails():
         raise RuntimeError("the run failed")
     assert not any(p.is_alive() for p in processes)
     assert not [p for p in multiprocessing.active_children() if p.name.startswith("bench-busy")]
+
+
+def test_it_measures_decode_with_log_probabilities_beside_without(tiny):
+    result = bench("--checkpoint", tiny, "--max-tokens", "3", "--concurrency", "1,2", "--prompt-tokens", "16",
+                   "--logprobs", "5")
+    lp = result["logprobs"]
+    assert lp["top_logprobs"] == 5 and lp["decode_tokens_per_s"] > 0
+    assert set(lp["aggregate_tokens_per_s"]) == {"1", "2"} and all(v > 0 for v in lp["aggregate_tokens_per_s"].values())
+    assert lp["ratios"]["decode"] == pytest.approx(lp["decode_tokens_per_s"] / result["decode_tokens_per_s"])
+    assert lp["ratios"]["aggregate_2"] == pytest.approx(
+        lp["aggregate_tokens_per_s"]["2"] / result["aggregate_tokens_per_s"]["2"])
+    assert "logprobs" not in bench("--checkpoint", tiny, "--max-tokens", "2", "--concurrency", "1",
+                                   "--prompt-tokens", "16")
+
+
+def test_it_prints_the_log_probability_figures(tiny):
+    out = StringIO()
+    call_command("bench", "--runs", "1", "--checkpoint", tiny, "--max-tokens", "2", "--concurrency", "1",
+                 "--prompt-tokens", "16", "--logprobs", "0", stdout=out)
+    assert "with log-probabilities and 0 alternatives per token" in out.getvalue()
+    assert "aggregate,  1 streams" in out.getvalue().split("with log-probabilities")[1]
+
+
+@pytest.mark.parametrize("value", ["-1", "21"])
+def test_it_refuses_log_probabilities_out_of_bounds(value):
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match="--logprobs must be in 0..20"):
+        call_command("bench", "--logprobs", value)

@@ -1,5 +1,6 @@
 """python manage.py bench [--json] [--max-tokens N] [--runs K] [--checkpoint PATH] [--quantization Q]
-[--threads T] [--busy N] [--concurrency 1,4,16] [--prompt-tokens N] [--against-llamacpp] [--against-transformers]"""
+[--threads T] [--busy N] [--concurrency 1,4,16] [--prompt-tokens N] [--logprobs N] [--against-llamacpp]
+[--against-transformers]"""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from modelzoo.engine.bench import run_bench
 from modelzoo.engine.checkpoint import DTYPES
+from modelzoo.engine.sampling import MAX_LOGPROBS
 from modelzoo.engine.threads import host_threads
 
 
@@ -32,6 +34,9 @@ class Command(BaseCommand):
                             help="run N busy-loop processes beside the benchmark (and beside llama.cpp)")
         parser.add_argument("--concurrency", default="1,4,16", help="concurrent requests of the aggregate figures")
         parser.add_argument("--prompt-tokens", type=int, default=200, help="about this many prompt tokens")
+        parser.add_argument("--logprobs", type=int, default=None, metavar="N",
+                            help=f"also measure one stream and the aggregates with token log-probabilities and N "
+                                 f"(0-{MAX_LOGPROBS}) alternatives per token, each run beside the same run without")
         parser.add_argument("--against-llamacpp", action="store_true",
                             help="also run llama.cpp (llama-cpp-python) on the same GGUF and print ratios")
         parser.add_argument("--against-transformers", action="store_true",
@@ -51,9 +56,12 @@ class Command(BaseCommand):
             raise CommandError("--concurrency: numbers of at least 1")
         if opts["busy"] < 0 or opts["prompt_tokens"] < 1 or (opts["threads"] is not None and opts["threads"] < 1):
             raise CommandError("--busy must be >= 0, --prompt-tokens and --threads >= 1")
+        if opts["logprobs"] is not None and not 0 <= opts["logprobs"] <= MAX_LOGPROBS:
+            raise CommandError(f"--logprobs must be in 0..{MAX_LOGPROBS}")
         threads = opts["threads"] or host_threads(settings.ENGINE_THREADS)
         result = run_bench(opts["checkpoint"], max_tokens=opts["max_tokens"], runs=opts["runs"], threads=threads,
                            busy=opts["busy"], concurrency=concurrency, prompt_tokens=opts["prompt_tokens"],
+                           logprobs=opts["logprobs"],
                            against_llamacpp=opts["against_llamacpp"], against_transformers=opts["against_transformers"], **extra)
         if opts["json"]:
             self.stdout.write(json.dumps(result))
@@ -68,6 +76,13 @@ class Command(BaseCommand):
         for n, tps in result["aggregate_tokens_per_s"].items():
             self.stdout.write(f"  aggregate, {n:>2} streams {tps:.1f} tok/s")
         self.stdout.write(f"  peak RSS             {result['peak_rss_mb']:.0f} MB")
+        if "logprobs" in result:
+            lp = result["logprobs"]
+            self.stdout.write(f"with log-probabilities and {lp['top_logprobs']} alternatives per token: "
+                              "with / without (1.00 = free)")
+            self.stdout.write(f"  decode, one stream   {lp['decode_tokens_per_s']:.1f} tok/s   x{lp['ratios']['decode']:.3f}")
+            for n, tps in lp["aggregate_tokens_per_s"].items():
+                self.stdout.write(f"  aggregate, {n:>2} streams {tps:.1f} tok/s   x{lp['ratios'][f'aggregate_{n}']:.3f}")
         for key in ("llamacpp", "transformers"):
             other = result.get(key)
             if other is None:
