@@ -100,13 +100,25 @@ def compare_detail(request: HttpRequest) -> HttpResponse:
         raise Http404("Compare needs two jobs: ?a=<id>&b=<id>")
     jobs = [selectors.job_get_for_user(user=request.user, job_id=int(value)) for value in ids]
     return render(request, "generation/compare_detail.html", {
-        "columns": [{"side": side.upper(), "key": side, "job": job,
+        "columns": [{"side": side.upper(), "key": side, "job": job, "settings": _settings(job, other=other),
                      "queue_position": selectors.job_queue_position(job=job)}
-                    for side, job in zip(COMPARE_SIDES, jobs, strict=True)],
+                    for side, job, other in zip(COMPARE_SIDES, jobs, jobs[::-1], strict=True)],
         "shared": jobs[0] if _input_of(jobs[0]) == _input_of(jobs[1]) else None,
         "here": request.get_full_path(),
         "server_now_ms": int(time.time() * 1000),
     })
+
+
+#: The sampling settings a column shows, as (label, Job field).
+SETTINGS = (("temperature", "temperature"), ("max tokens", "max_tokens"), ("top-p", "top_p"), ("top-k", "top_k"),
+            ("repetition penalty", "repetition_penalty"), ("seed", "seed"))
+
+
+def _settings(job: Job, *, other: Job) -> list[dict[str, Any]]:
+    """The job's settings, each marked when it differs from the other column's (what the comparison varies)."""
+    return [{"label": label, "value": "random" if getattr(job, name) is None else getattr(job, name),
+             "differs": getattr(job, name) != getattr(other, name)}
+            for label, name in SETTINGS if getattr(job, name) is not None or getattr(other, name) is not None]
 
 
 def _input_of(job: Job) -> tuple:

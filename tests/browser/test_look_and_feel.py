@@ -31,7 +31,7 @@ SCREENSHOTS = os.environ.get("LLMSITE_SCREENSHOTS", "")
 PHONE, DESKTOP = {"width": 390, "height": 844}, {"width": 1280, "height": 900}
 LONG_WORD = "https://example.com/" + "a-very-long-path-segment-" * 8
 
-#: (name, path, signed in): {job} is the code job's id.
+#: (name, path, signed in): {job} is the code job's id, {job_b} the id of the job it is compared with.
 PAGES = [
     ("landing", "/", False),
     ("login", "/accounts/login/", False),
@@ -40,6 +40,8 @@ PAGES = [
     ("new-job", "/jobs/new/", True),
     ("history", "/jobs/", True),
     ("job", "/jobs/{job}/", True),
+    ("compare-form", "/compare/new/?from={job}", True),
+    ("compare", "/compare/?a={job}&b={job_b}", True),
     ("account", "/accounts/", True),
     ("password", "/accounts/password/", True),
     ("404-signed-in", "/jobs/999999/", True),
@@ -62,10 +64,15 @@ def site(web, owner, checkpoint, empty_redis) -> dict:
     job(task=Job.Task.SUMMARIZE, status=Job.Status.QUEUED, prompt="Summarize: " + "the quick brown fox " * 30)
     job(task=Job.Task.CHAT, source=Job.Source.API, status=Job.Status.SUCCEEDED, prompt="hello", output="Hi! " * 40,
         prompt_tokens=9, completion_tokens=160)
+    # The code job again at another temperature, with a line longer than a phone and a table: the compare page.
+    job_b = job(task=Job.Task.CODE, status=Job.Status.SUCCEEDED, options=code.options, prompt=code.prompt,
+                temperature=0.9, seed=7, finish_reason="length", prompt_tokens=82, completion_tokens=64,
+                output="Sure:\n\n```python\ndef is_prime(n):  # " + LONG_WORD + "\n    return n > 1\n```\n\n"
+                       "| n | prime |\n| --- | --- |\n| 7 | yes |\n")
     services.api_key_create(owner=owner, name="laptop")
     old, _ = services.api_key_create(owner=owner, name="old script on the build server")
     services.api_key_revoke(key=old)
-    return {"url": web.url, "job": code.pk}
+    return {"url": web.url, "job": code.pk, "job_b": job_b.pk}
 
 
 @contextmanager
@@ -125,7 +132,7 @@ def visit_every_page(site: dict, scheme: str) -> dict[str, list[str]]:
                     for signed_in in (False, True)}
         for name, path, signed_in in PAGES:
             page = contexts[signed_in].new_page()
-            response = page.goto(site["url"] + path.format(job=site["job"]))
+            response = page.goto(site["url"] + path.format(**site))
             assert response is not None and response.status == (404 if name.startswith("404") else 200), name
             found = []
             if (overflow := scroll_overflow(page)) > 0:

@@ -165,7 +165,8 @@ def test_it_shows_two_jobs_side_by_side(owner_client, make_job, second):
     assert html.count("data-job ") == 2
     for job in (a, b):
         assert f'data-stream-url="/jobs/{job.pk}/stream"' in html and f'href="/jobs/{job.pk}/"' in html
-    assert "SmolLM2-finetuned" in html and "temperature 0.9" in html and "<strong>Paris</strong>" in html
+    assert "SmolLM2-finetuned" in html and "<strong>Paris</strong>" in html
+    assert '<strong class="differs">temperature 0.9</strong>' in html and "max tokens 16 ·" in html  # what differs
     assert "Stopped at the token limit." in html and "Stopped at the end of the answer." in html
     assert html.count("What is the capital of France?") == 1  # the same input: shown once
     assert response.context["shared"] == a
@@ -190,6 +191,16 @@ def test_it_answers_404_for_anybody_elses_job(owner_client, other_client, other,
     assert other_client.get(f"/compare/?a={a.pk}&b={b.pk}").status_code == 404
     theirs = make_job(owner=other)
     assert owner_client.get(f"/compare/?a={a.pk}&b={theirs.pk}").status_code == 404
+
+
+def test_stop_returns_to_the_compare_page(owner_client, make_job):
+    a, b = make_job(), make_job()
+    here = f"/compare/?a={a.pk}&b={b.pk}"
+    assert f'name="next" value="{here.replace("&", "&amp;")}"' in owner_client.get(here).content.decode()
+    response = owner_client.post(f"/jobs/{b.pk}/cancel/", {"next": here})
+    assert (response.status_code, response["Location"]) == (302, here)
+    b.refresh_from_db()
+    assert b.status == Job.Status.CANCELLED
 
 
 def test_a_stranger_is_sent_to_sign_in(client, make_job):
