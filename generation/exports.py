@@ -1,6 +1,7 @@
 """The history as a download: the jobs a filter selects (every page of them) as JSON, CSV or Markdown.
 
-JSON holds each job exactly as /jobs/<id>.json does (Job.to_dict); CSV flattens it to one row per job;
+JSON holds each job exactly as /jobs/<id>.json does (Job.to_dict, with its tokens' log-probabilities and their
+mean); CSV flattens it to one row per job (the mean, not the tokens);
 Markdown is for reading and pasting: one section per job, prompt and output in fenced blocks that are longer
 than any backtick run inside them, so a code job's own fences stay literal.
 """
@@ -23,7 +24,8 @@ from generation.models import Job
 CSV_COLUMNS = (
     "id", "created_at", "task", "source", "status", "checkpoint", "prompt", "context", "output", "error",
     "finish_reason", "prompt_tokens", "completion_tokens", "temperature", "top_p", "top_k", "max_tokens", "seed",
-    "repetition_penalty", "ttft_s", "tokens_per_s", "started_at", "first_token_at", "finished_at",
+    "repetition_penalty", "ttft_s", "tokens_per_s", "mean_logprob", "confidence", "started_at", "first_token_at",
+    "finished_at",
 )
 #: A spreadsheet runs a cell that starts with one of these as a formula; such text cells get a leading "'".
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -71,6 +73,11 @@ def token_parts(job: Job) -> list[str]:
             if n is not None]
 
 
+def confidence_text(job: Job) -> str:
+    """"83% mean token probability": how sure the model was of the job's answer, as the history shows it."""
+    return f"{job.confidence():.0%} mean token probability"
+
+
 def as_markdown(jobs: QuerySet[Job], *, filters: dict[str, str]) -> str:
     header = _header(filters)
     chosen = ", ".join(f"{key}: {value}" for key, value in header["filters"].items()) or "none"
@@ -82,6 +89,7 @@ def as_markdown(jobs: QuerySet[Job], *, filters: dict[str, str]) -> str:
             f"- Created: {job.created_at.isoformat()}",
             f"- Model: {job.checkpoint.name}",
             f"- Tokens: {' · '.join(token_parts(job)) or '–'}",
+            *([f"- Confidence: {confidence_text(job)}"] if job.mean_logprob is not None else []),
             "",
             "### Prompt",
             "",

@@ -5,10 +5,11 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, Min, Q, QuerySet
+from django.db.models import Count, F, Min, Q, QuerySet
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
+from generation import confidence as confidence_rules
 from generation.models import ApiKey, Conversation, Job
 from modelzoo.models import Checkpoint
 
@@ -21,10 +22,33 @@ RATING_FILTERS: dict[str, tuple[str, Q]] = {
 }
 
 
-def job_list_for_user(*, user: Any, task: str = "", status: str = "", q: str = "", rating: str = "") -> QuerySet[Job]:
-    """The user's jobs, newest first, optionally filtered by task, status, rating (a key of RATING_FILTERS) and
-    a search in the prompt."""
-    jobs = Job.objects.filter(owner=user).select_related("checkpoint").order_by("-created_at", "-id")
+#: The history's confidence filter: value -> its label and the jobs it keeps (Job.mean_logprob: the mean token
+#: probability exp(mean_logprob) below the bound; jobs without log-probabilities have no mean and are left out).
+CONFIDENCE_FILTERS: dict[str, tuple[str, Q]] = {
+    f"below-{percent}": (f"Below {percent}%", Q(mean_logprob__lt=confidence_rules.percent_logprob(percent)))
+    for percent in confidence_rules.CONFIDENCE_BELOW_PERCENT
+}
+CONFIDENCE_FILTERS["unmeasured"] = ("Not measured", Q(mean_logprob__isnull=True))
+
+NEWEST_FIRST = ("-created_at", "-id")
+#: The history's orders: value -> its label and the ordering ("" is the default). Jobs without a mean come last.
+HISTORY_SORTS: dict[str, tuple[str, tuple[Any, ...]]] = {
+    "": ("Newest first", NEWEST_FIRST),
+    "oldest": ("Oldest first", ("created_at", "id")),
+    "least-sure": ("Least sure first", (F("mean_logprob").asc(nulls_last=True), *NEWEST_FIRST)),
+    "most-sure": ("Most sure first", (F("mean_logprob").desc(nulls_last=True), *NEWEST_FIRST)),
+}
+
+
+def job_list_for_user(*, user: Any, task: str = "", status: str = "", q: str = "", rating: str = "",
+                      confidence: str = "", sort: str = "") -> QuerySet[Job]:
+    """The user's jobs, optionally filtered by task, status, rating (a key of RATING_FILTERS), confidence (a key
+    of CONFIDENCE_FILTERS) and a search in the prompt; in the order `sort` names (a key of HISTORY_SORTS; newest
+    first by default)."""
+    ordering = HISTORY_SORTS.get(sort, HISTORY_SORTS[""])[1]
+    jobs = Job.objects.filter(owner=user).select_related("checkpoint").order_by(*ordering)
+    if confidence in CONFIDENCE_FILTERS:
+        jobs = jobs.filter(CONFIDENCE_FILTERS[confidence][1])
     if task:
         jobs = jobs.filter(task=task)
     if status:

@@ -75,21 +75,21 @@ def _quota_message(exc: limits.QuotaExceeded) -> str:
 
 
 def _history_filters(request: HttpRequest) -> dict[str, str]:
-    """The history's filters from the query string (unknown task, status or rating values are ignored)."""
+    """The history's filters and order from the query string (unknown values are ignored)."""
     task, status = request.GET.get("task", ""), request.GET.get("status", "")
-    rating = request.GET.get("rating", "")
+    rating, confidence = request.GET.get("rating", ""), request.GET.get("confidence", "")
+    sort = request.GET.get("sort", "")
     return {"task": task if task in Job.Task.values else "", "status": status if status in Job.Status.values else "",
-            "q": request.GET.get("q", ""), "rating": rating if rating in selectors.RATING_FILTERS else ""}
+            "q": request.GET.get("q", ""), "rating": rating if rating in selectors.RATING_FILTERS else "",
+            "confidence": confidence if confidence in selectors.CONFIDENCE_FILTERS else "",
+            "sort": sort if sort in selectors.HISTORY_SORTS else ""}
 
 
 @login_required
 @require_GET
 def job_list(request: HttpRequest) -> HttpResponse:
-    task = request.GET.get("task", "")
-    status = request.GET.get("status", "")
-    q = request.GET.get("q", "")
-    rating = request.GET.get("rating", "")
-    jobs = selectors.job_list_for_user(user=request.user, **_history_filters(request))
+    filters = _history_filters(request)
+    jobs = selectors.job_list_for_user(user=request.user, **filters)
     page = Paginator(jobs, settings.JOBS_PER_PAGE).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
@@ -98,14 +98,15 @@ def job_list(request: HttpRequest) -> HttpResponse:
         "generation/job_list.html",
         {
             "page": page,
-            "task": task,
-            "status": status,
-            "q": q,
-            "rating": rating,
+            **filters,
+            "filtered": any(value for name, value in filters.items() if name != "sort"),
             "query": query.urlencode(),
             "tasks": Job.Task.choices,
             "statuses": Job.Status.choices,
             "ratings": [(value, label) for value, (label, _) in selectors.RATING_FILTERS.items()],
+            "confidences": [(value, label) for value, (label, _) in selectors.CONFIDENCE_FILTERS.items()],
+            "sorts": [(value, label) for value, (label, _) in selectors.HISTORY_SORTS.items()],
+            "sort_label": selectors.HISTORY_SORTS[filters["sort"]][0],
         },
     )
 

@@ -1,4 +1,5 @@
-"""Filters of the history list: readable token counts and a one-line preview of what a job produced."""
+"""Filters of the history list and the job page: readable token counts, a one-line preview of what a job
+produced, a probability in percent."""
 from __future__ import annotations
 
 import re
@@ -25,3 +26,9 @@ def output_preview(job: Job) -> str:
     text = job.error if job.status == Job.Status.FAILED and job.error else job.output
     text = re.sub(r"\s+", " ", text.replace("```", " ")).strip()
     return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 1].rstrip() + "…"
+
+
+@register.filter
+def percent(value: float | None) -> str:
+    """0.834 -> "83%" (a probability as the pages show it); None -> "" ."""
+    return "" if value is None else f"{value:.0%}"
