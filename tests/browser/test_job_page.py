@@ -119,6 +119,9 @@ def test_copy_buttons_put_the_code_and_the_whole_answer_on_the_clipboard(web, ow
         buttons = page.locator("#job-output .copy-code")
         expect(buttons).to_have_count(2)
         expect(page.locator("#job-output .highlight").first).to_contain_text("def add(a, b):")
+        page.locator("#job-output .copy-code").nth(0).focus()
+        page.keyboard.press("Tab")  # from a block's Copy button to the block itself
+        expect(page.locator("#job-output .highlight pre").first).to_be_focused()
 
         buttons.nth(0).click()
         expect(buttons.nth(0)).to_have_text("Copied")
@@ -152,6 +155,7 @@ def test_markdown_rendered_while_streaming_is_sanitized(web, owner, checkpoint):
         assert '<a href="https://example.com" rel="noopener noreferrer nofollow">good</a>' in html
         assert 'let a = "&lt;b&gt;";' in html
         assert html.count('class="copy-code') == 2  # the unclosed block is a code block already
+        assert html.count('<pre tabindex="0">') == 2  # code blocks scroll sideways: the keyboard reaches them
 
 
 def test_a_rating_is_stored_and_the_history_filters_by_it(web, owner, checkpoint):
