@@ -2,8 +2,8 @@
 
 Callers in any thread call `generate()`, which queues a request and blocks until it
 is finished. Between decode steps the engine thread retires finished requests
-(freeing their cache slot) and admits waiting ones (one batched prefill for all
-newcomers); each decode step runs every active request in one forward pass, each
+(freeing their cache slot) and admits waiting ones (one prefill per newcomer);
+each decode step runs every active request in one forward pass, each
 row at its own position. Each forward pass gets one model.Step (positions, slots,
 mask, caches) built here.
 
@@ -74,10 +74,20 @@ def prefill_step(lengths: torch.Tensor, slots: torch.Tensor, caches: list[KVCach
     return Step(positions=j.expand(B, T), slots=slots, mask=mask[:, None], caches=caches, logit_index=lengths - 1)
 
 
+#: Decode attention reads the cache in spans of this many positions. Sums over a span (softmax, the product
+#: with v) are computed in the same order whatever the batch's longest row, so a row's bits never depend on it.
+ATTENTION_SPAN = 64
+
+
 def decode_step(positions: torch.Tensor, slots: torch.Tensor, caches: list[KVCache], *, first_slots: bool) -> Step:
     """The Step of one decode step: row b's one new token goes to cache slot slots[b] at positions[b] (B,),
-    and attends to its positions 0..positions[b]."""
-    S = int(positions.max()) + 1
+    and attends to its positions 0..positions[b].
+
+    Every row reads S positions, S the longest row's length rounded up to ATTENTION_SPAN (at most the cache's
+    length); the masked positions add exact zeros. Without the rounding a row alone and the same row beside a
+    longer one were reduced over different lengths, whose vectorized sums end in different tails (~1e-5)."""
+    longest = int(positions.max()) + 1
+    S = min(-(-longest // ATTENTION_SPAN) * ATTENTION_SPAN, caches[0].k.shape[2])
     mask = torch.arange(S, device=positions.device)[None, :] <= positions[:, None]  # (B, S)
     return Step(positions=positions[:, None], slots=slots, mask=mask[:, None, None, :], caches=caches,
                 first_slots=first_slots)
@@ -210,9 +220,12 @@ class Engine:
                 self._fail(req, err)
 
     def _step(self) -> None:
-        newcomers = self._admit()
-        if newcomers:
-            self._guarded(newcomers, self._prefill)
+        for newcomer in self._admit():
+            # One prefill per prompt, never padded beside others: the attention kernel splits its sums by the
+            # padded length, so a prompt prefilled beside a longer one got other bits than alone (~1e-5 in its
+            # logits), and one request's tokens must not depend on who else arrived. A long prompt's products
+            # are large already, so little is lost; a prompt that fails fails alone.
+            self._guarded([newcomer], self._prefill)
         if self._active:
             self._guarded(list(self._active), self._decode)
 
@@ -250,7 +263,7 @@ class Engine:
                 self._fail(req, exc)
 
     def _prefill(self, reqs: list[_Request]) -> None:
-        """One padded forward over all newcomers' prompts, writing their cache slots."""
+        """One forward over the prompts of `reqs` (padded to the longest), writing their cache slots."""
         lengths = torch.tensor([len(r.prompt_ids) for r in reqs], device=self.device)  # (B,)
         tokens = torch.zeros(len(reqs), int(lengths.max()), dtype=torch.long, device=self.device)  # (B, T)
         for i, r in enumerate(reqs):
