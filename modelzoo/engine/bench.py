@@ -29,6 +29,7 @@ from . import bench_others
 from .checkpoint import DEFAULT_QUANTIZATION, default_checkpoint_path, load_checkpoint
 from .engine import Engine
 from .sampling import SamplingParams
+from .threads import ThreadGovernor, host_cores, set_torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -111,16 +112,16 @@ def run_bench(
 ) -> dict[str, Any]:
     """Our figures; with against_* also the other engine's on the same file, prompt and
     threads, and the ratios ours/theirs (under "llamacpp" / "transformers" and "ratios").
-    `threads`: torch's thread count (None: as set); `busy`: spinning processes beside the run;
-    `logprobs`: also measure decode with log-probabilities and this many alternatives."""
-    if threads is not None:
-        torch.set_num_threads(threads)
+    `threads`: torch's thread count, fixed (None: the worker's policy, a ThreadGovernor that adapts to the
+    load while the run goes on); `busy`: spinning processes beside the run; `logprobs`: also measure decode with
+    log-probabilities and this many alternatives. llama.cpp runs at each thread count up to the host's cores
+    and is reported at its best."""
     load_before = os.getloadavg()[0]
     with busy_neighbours(busy):
         result = _run_bench(path, max_tokens=max_tokens, runs=runs, prompt_tokens=prompt_tokens,
                             concurrency=concurrency, device=device, quantization=quantization, dtype=dtype,
                             against_llamacpp=against_llamacpp, against_transformers=against_transformers,
-                            logprobs=logprobs)
+                            logprobs=logprobs, threads=threads)
     result["busy"] = busy
     result["load_average_before"] = load_before
     return result
@@ -139,14 +140,17 @@ def _run_bench(
     against_llamacpp: bool,
     against_transformers: bool,
     logprobs: int | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     path = Path(path) if path else default_checkpoint_path()
+    threads_at_start = set_torch_threads(threads or 0)
     t0 = time.perf_counter()
     ckpt = load_checkpoint(path, device=device, quantization=quantization, dtype=dtype)
     load_s = time.perf_counter() - t0
     max_batch = max(concurrency)
     prompt = bench_prompt(ckpt.tokenizer, ckpt.chat_template, prompt_tokens)
-    engine = Engine(ckpt, max_batch_size=max_batch, max_seq_len=len(prompt) + max_tokens + 8)
+    governor = ThreadGovernor(threads or 0)
+    engine = Engine(ckpt, max_batch_size=max_batch, max_seq_len=len(prompt) + max_tokens + 8, governor=governor)
     decode = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
     with_lp = SamplingParams(max_tokens=max_tokens, ignore_eos=True, logprobs=logprobs) if logprobs is not None else None
     try:
@@ -178,7 +182,9 @@ def _run_bench(
         "device": str(ckpt.device),
         "dtype": str(ckpt.model.tok_embeddings.weight.dtype).removeprefix("torch."),
         "quantization": ckpt.quantization,
-        "torch_threads": torch.get_num_threads(),
+        "thread_policy": "fixed" if threads else "adaptive",
+        "torch_threads": threads_at_start,
+        "torch_threads_at_end": governor.threads or threads_at_start,
         "runs": runs,
         "max_tokens": max_tokens,
         "prompt_tokens": len(prompt),
@@ -196,8 +202,8 @@ def _run_bench(
     if against_llamacpp:
         if bench_others.available("llama_cpp"):
             try:
-                theirs = bench_others.run_llamacpp(path, prompt, max_tokens=max_tokens, runs=runs,
-                                                   concurrency=concurrency, threads=torch.get_num_threads())
+                theirs = bench_others.run_llamacpp_best(path, prompt, max_tokens=max_tokens, runs=runs,
+                                                        concurrency=concurrency, thread_counts=range(1, host_cores() + 1))
                 result["llamacpp"] = {**theirs, "ratios": bench_others.ratios(result, theirs)}
             except Exception as exc:
                 log.exception("llama.cpp run failed")

@@ -39,6 +39,7 @@ import torch
 from .checkpoint import LoadedCheckpoint
 from .model import KVCache, Step
 from .sampling import SamplingParams, TokenLogprob, make_generator, sample, token_logprobs
+from .threads import ThreadGovernor
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +128,12 @@ class Engine:
         max_seq_len: int | None = None,
         kv_cache_dtype: torch.dtype | None = None,
         eos_token_ids: Iterable[int] | None = None,
+        governor: ThreadGovernor | None = None,
     ) -> None:
-        """`eos_token_ids` end a request (default: the checkpoint tokenizer's)."""
+        """`eos_token_ids` end a request (default: the checkpoint tokenizer's). A `governor` resizes torch's
+        thread team between steps as other work on the host comes and goes (threads.ThreadGovernor)."""
         self.checkpoint = checkpoint
+        self.governor = governor
         self.model = checkpoint.model
         self.eos_token_ids = frozenset(checkpoint.tokenizer.eos_token_ids if eos_token_ids is None else eos_token_ids)
         self.device = checkpoint.device
@@ -204,6 +208,8 @@ class Engine:
             while not self._closed.is_set():
                 try:
                     self._step()
+                    if self.governor is not None:
+                        self.governor.tick()
                 except Exception as exc:  # never leave callers hanging
                     log.exception("engine step failed")
                     for req in list(self._active):

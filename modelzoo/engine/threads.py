@@ -19,10 +19,14 @@ its core and slows down about twice.
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
+
+log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -47,13 +51,14 @@ def choose_threads(cores: int, *, configured: int = 0, shared_host: bool = False
     """The torch thread count for an engine on a host with `cores` CPUs.
 
     `configured` > 0 (ENGINE_THREADS) wins. Otherwise one core is left to the neighbours when the web server
-    runs on the same host (`shared_host`), and the cores the measured `load` (the 1-minute load average,
-    other work already running) keeps busy are left too; never fewer than 1 thread."""
+    runs on the same host (`shared_host`), and so is every core that other work keeps busy at least half the
+    time (`load`: cores' worth of other work, e.g. the load average before we start, or what HostCpu measures
+    while we run); never fewer than 1 thread."""
     if configured > 0:
         return configured
     cores = max(1, cores)
     free = cores - (1 if shared_host else 0)
-    free = min(free, cores - int(max(0.0, load)))
+    free = min(free, cores - int(max(0.0, load) + 0.5))
     return max(1, free)
 
 
@@ -64,14 +69,17 @@ def host_cores() -> int:
         return os.cpu_count() or 1
 
 
+def shared_host() -> bool:
+    return os.environ.get(SHARED_HOST_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def host_threads(configured: int = 0) -> int:
     """choose_threads for this host now: its cores, LLMSITE_SHARED_HOST and its 1-minute load average."""
     try:
         load = os.getloadavg()[0]
     except OSError:
         load = 0.0
-    shared = os.environ.get(SHARED_HOST_ENV, "").strip().lower() in ("1", "true", "yes", "on")
-    return choose_threads(host_cores(), configured=configured, shared_host=shared, load=load)
+    return choose_threads(host_cores(), configured=configured, shared_host=shared_host(), load=load)
 
 
 def set_torch_threads(configured: int = 0) -> int:
@@ -82,3 +90,73 @@ def set_torch_threads(configured: int = 0) -> int:
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
+
+
+class HostCpu:
+    """How many cores' worth of CPU other processes used since the last reading: the host's busy time
+    (/proc/stat, steal included: a neighbour VM is a neighbour too) minus this process's own CPU time,
+    over the wall time between readings. Linux only; elsewhere `others()` is None."""
+
+    def __init__(self, stat_path: str = "/proc/stat") -> None:
+        self.stat_path = stat_path
+        self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self._last = self._read()
+
+    def _read(self) -> tuple[float, float, float] | None:
+        try:
+            with open(self.stat_path) as f:
+                fields = [int(v) for v in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+        except (OSError, ValueError):
+            return None
+        busy_s = (sum(fields) - fields[3] - fields[4]) / self._tick
+        own = os.times()
+        return time.monotonic(), busy_s, own.user + own.system
+
+    def others(self) -> float | None:
+        now = self._read()
+        last, self._last = self._last, now
+        if now is None or last is None or now[0] - last[0] <= 0:
+            return None
+        return max(0.0, ((now[1] - last[1]) - (now[2] - last[2])) / (now[0] - last[0]))
+
+
+class ThreadGovernor:
+    """choose_threads, applied again every `interval_s` while the engine runs, with the load measured now.
+
+    A neighbour that starts after the engine (another worker, a batch job, the web server under a burst)
+    would otherwise meet a team sized for a quiet host: 2 threads on 2 cores beside one busy process made a
+    decode step ~16x slower, 1 thread only ~2x. Called from the engine thread, between steps, so torch's
+    thread count changes for the thread that computes. With ENGINE_THREADS set it never changes anything."""
+
+    def __init__(
+        self, configured: int = 0, *, cores: int | None = None, shared: bool | None = None,
+        measure: Callable[[], float | None] | None = None, interval_s: float = 1.0,
+    ) -> None:
+        self.configured = configured
+        self.cores = cores or host_cores()
+        self.shared = shared_host() if shared is None else shared
+        self.measure = measure or HostCpu().others
+        self.interval_s = interval_s
+        self._next = time.monotonic() + interval_s
+        self.threads: int | None = configured or None  #: the count last applied (None: not changed yet)
+
+    def threads_for(self, others: float) -> int:
+        return choose_threads(self.cores, configured=self.configured, shared_host=self.shared, load=others)
+
+    def tick(self) -> int | None:
+        """Every interval_s: measure, decide, and apply; returns the thread count when it changed."""
+        if self.configured > 0 or time.monotonic() < self._next:
+            return None
+        self._next = time.monotonic() + self.interval_s
+        others = self.measure()
+        if others is None:
+            return None
+        import torch
+
+        n = self.threads_for(others)
+        if n == torch.get_num_threads():
+            return None
+        log.info("other work keeps %.1f cores busy: computing with %d threads", others, n)
+        torch.set_num_threads(n)
+        self.threads = n
+        return n

@@ -3,14 +3,21 @@ torch computes: the worker's engine, the validation child and finetune."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
 from django.core.management import call_command
 
 from modelzoo import validation
-from modelzoo.engine import threads
+from modelzoo.engine import Engine, SamplingParams, threads
 from modelzoo.engine.threads import choose_threads
+from tests.modelzoo.test_engine_support import tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def packed_tiny():
+    return tiny_checkpoint()
 
 
 @pytest.fixture
@@ -22,7 +29,7 @@ def torch_threads():
 
 def test_a_quiet_host_of_its_own_computes_on_every_core():
     assert choose_threads(2) == 2
-    assert choose_threads(16, load=0.5) == 16
+    assert choose_threads(16, load=0.4) == 16
 
 
 def test_two_cores_shared_with_the_web_server_take_one_thread():
@@ -34,6 +41,11 @@ def test_the_cores_a_measured_load_keeps_busy_are_left_to_it():
     assert choose_threads(2, load=1.2) == 1
     assert choose_threads(8, load=3.0) == 5
     assert choose_threads(8, shared_host=True, load=0.2) == 7  # the web server's core is already left
+
+
+def test_a_core_other_work_keeps_busy_half_the_time_is_left_to_it():
+    assert choose_threads(2, load=0.6) == 1  # a spinning neighbour beside a 2-thread team gets ~2/3 of a core
+    assert choose_threads(2, load=0.3) == 2
 
 
 def test_never_fewer_than_one_thread():
@@ -48,7 +60,7 @@ def test_the_setting_wins_over_the_policy():
 
 def test_the_host_is_read_from_its_cores_load_and_environment(monkeypatch):
     monkeypatch.setattr(threads, "host_cores", lambda: 4)
-    monkeypatch.setattr(threads.os, "getloadavg", lambda: (1.5, 1.0, 1.0))
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (1.2, 1.0, 1.0))
     monkeypatch.delenv(threads.SHARED_HOST_ENV, raising=False)
     assert threads.host_threads() == 3
     monkeypatch.setenv(threads.SHARED_HOST_ENV, "1")
@@ -108,3 +120,59 @@ def test_the_workers_engine_computes_with_the_configured_threads(settings, monke
     with pytest.raises(RuntimeError, match="stop here"):
         pool._load_engine(checkpoint)
     assert seen == [settings.ENGINE_THREADS]
+
+
+class Readings:
+    """What HostCpu.others would say, one reading per tick."""
+
+    def __init__(self, *values):
+        self.values = list(values)
+
+    def __call__(self):
+        return self.values.pop(0)
+
+
+def test_the_governor_steps_down_when_a_neighbour_starts_and_back_up_when_it_stops(torch_threads):
+    torch.set_num_threads(2)
+    governor = threads.ThreadGovernor(cores=2, shared=False, measure=Readings(0.1, 0.7, 1.0, 0.9, 0.05), interval_s=0)
+    seen = []
+    for _ in range(5):
+        governor.tick()
+        seen.append(torch.get_num_threads())
+    assert seen == [2, 1, 1, 1, 2]
+
+
+def test_the_governor_leaves_a_configured_count_and_waits_its_interval(torch_threads):
+    torch.set_num_threads(2)
+    fixed = threads.ThreadGovernor(3, cores=2, shared=False, measure=Readings(), interval_s=0)
+    assert fixed.tick() is None and torch.get_num_threads() == 2  # ENGINE_THREADS: nothing measured or changed
+    slow = threads.ThreadGovernor(cores=2, shared=False, measure=Readings(1.0), interval_s=3600)
+    assert slow.tick() is None and torch.get_num_threads() == 2
+
+
+def test_host_cpu_sees_a_busy_neighbour_and_not_its_own_work():
+    from modelzoo.engine.bench import busy_neighbours
+
+    cpu = threads.HostCpu()
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:  # our own work: not counted
+        pass
+    own_only = cpu.others()
+    with busy_neighbours(1):
+        time.sleep(1.0)
+        neighbour = cpu.others()
+    assert neighbour is not None and neighbour > 0.6 > own_only - 0.3
+    assert neighbour - own_only > 0.5
+
+
+def test_the_engine_thread_computes_with_the_governors_count(packed_tiny, torch_threads):
+    torch.set_num_threads(2)
+    governor = threads.ThreadGovernor(cores=2, shared=False, measure=lambda: 1.0, interval_s=0)
+    engine = Engine(packed_tiny, max_batch_size=1, max_seq_len=32, governor=governor)
+    seen = []
+    try:
+        engine.generate([1, 2, 3], SamplingParams(max_tokens=3, ignore_eos=True),
+                        on_token=lambda _token: seen.append(torch.get_num_threads()))
+    finally:
+        engine.close()
+    assert governor.threads == 1 and seen[-1] == 1

@@ -13,7 +13,6 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from modelzoo.engine.bench import run_bench
 from modelzoo.engine.checkpoint import DTYPES
 from modelzoo.engine.sampling import MAX_LOGPROBS
-from modelzoo.engine.threads import host_threads
 
 
 class Command(BaseCommand):
@@ -58,7 +57,7 @@ class Command(BaseCommand):
             raise CommandError("--busy must be >= 0, --prompt-tokens and --threads >= 1")
         if opts["logprobs"] is not None and not 0 <= opts["logprobs"] <= MAX_LOGPROBS:
             raise CommandError(f"--logprobs must be in 0..{MAX_LOGPROBS}")
-        threads = opts["threads"] or host_threads(settings.ENGINE_THREADS)
+        threads = opts["threads"] or settings.ENGINE_THREADS or None  # None: the worker's adaptive policy
         result = run_bench(opts["checkpoint"], max_tokens=opts["max_tokens"], runs=opts["runs"], threads=threads,
                            busy=opts["busy"], concurrency=concurrency, prompt_tokens=opts["prompt_tokens"],
                            logprobs=opts["logprobs"],
@@ -67,7 +66,8 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(result))
             return
         self.stdout.write(f"{result['checkpoint']} on {result['device']} ({result['dtype']}, weights "
-                          f"{result['quantization'] or 'float'}, {result['torch_threads']} threads, load average "
+                          f"{result['quantization'] or 'float'}, {result['torch_threads']}->{result['torch_threads_at_end']} threads "
+                          f"({result['thread_policy']}), load average "
                           f"{result['load_average']:.2f}, {result['busy']} busy processes beside it)")
         self.stdout.write(f"  load                 {result['load_s']:.1f} s")
         self.stdout.write(f"  prefill              {result['prefill_tokens_per_s']:.0f} tok/s ({result['prompt_tokens']}-token prompt)")
