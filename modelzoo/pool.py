@@ -60,16 +60,17 @@ def _load_engine(checkpoint: Checkpoint) -> Engine:
     from modelzoo.engine import Engine, load_checkpoint
     from modelzoo.engine.checkpoint import DTYPES
     from modelzoo.engine.lora import merge_adapter
-    from modelzoo.engine.threads import ThreadGovernor, in_throwaway_thread, set_torch_threads
+    from modelzoo.engine.threads import ThreadGovernor, in_throwaway_thread
 
-    set_torch_threads(settings.ENGINE_THREADS)
+    governor = ThreadGovernor(settings.ENGINE_THREADS)
+    governor.start()
     logger.info("Loading checkpoint %s from %s", checkpoint.name, checkpoint.weights_path())
     loaded = load_checkpoint(checkpoint.weights_path(), device=settings.ENGINE_DEVICE, dtype=DTYPES.get(settings.ENGINE_DTYPE),
                              quantization=settings.ENGINE_QUANTIZATION or None)
     if checkpoint.base_id:
         in_throwaway_thread(merge_adapter)(loaded.model, checkpoint.file_path())
     return Engine(loaded, max_batch_size=settings.ENGINE_MAX_BATCH_SIZE, max_seq_len=settings.ENGINE_MAX_SEQ_LEN,
-                  governor=ThreadGovernor(settings.ENGINE_THREADS))
+                  governor=governor)
 
 
 def _inspect(checkpoint: Checkpoint) -> CheckpointInfo:

@@ -29,7 +29,7 @@ from . import bench_others
 from .checkpoint import DEFAULT_QUANTIZATION, default_checkpoint_path, load_checkpoint
 from .engine import Engine
 from .sampling import SamplingParams
-from .threads import ThreadGovernor, host_cores, set_torch_threads
+from .threads import ThreadGovernor, host_cores
 
 log = logging.getLogger(__name__)
 
@@ -143,13 +143,13 @@ def _run_bench(
     threads: int | None = None,
 ) -> dict[str, Any]:
     path = Path(path) if path else default_checkpoint_path()
-    threads_at_start = set_torch_threads(threads or 0)
+    governor = ThreadGovernor(threads or 0)
+    threads_at_start = governor.start()
     t0 = time.perf_counter()
     ckpt = load_checkpoint(path, device=device, quantization=quantization, dtype=dtype)
     load_s = time.perf_counter() - t0
     max_batch = max(concurrency)
     prompt = bench_prompt(ckpt.tokenizer, ckpt.chat_template, prompt_tokens)
-    governor = ThreadGovernor(threads or 0)
     engine = Engine(ckpt, max_batch_size=max_batch, max_seq_len=len(prompt) + max_tokens + 8, governor=governor)
     decode = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
     with_lp = SamplingParams(max_tokens=max_tokens, ignore_eos=True, logprobs=logprobs) if logprobs is not None else None
@@ -184,7 +184,7 @@ def _run_bench(
         "quantization": ckpt.quantization,
         "thread_policy": "fixed" if threads else "adaptive",
         "torch_threads": threads_at_start,
-        "torch_threads_at_end": governor.threads or threads_at_start,
+        "torch_threads_at_end": governor.threads,
         "runs": runs,
         "max_tokens": max_tokens,
         "prompt_tokens": len(prompt),

@@ -140,6 +140,15 @@ class ThreadGovernor:
         self._next = time.monotonic() + interval_s
         self.threads: int | None = configured or None  #: the count last applied (None: not changed yet)
 
+    def start(self) -> int:
+        """Apply the count for a host with no other work (or ENGINE_THREADS) and return it: the load average
+        is a minute's history, our own loading included, and the first tick measures the host as it is."""
+        import torch
+
+        self.threads = self.threads_for(0.0)
+        torch.set_num_threads(self.threads)
+        return self.threads
+
     def threads_for(self, others: float) -> int:
         return choose_threads(self.cores, configured=self.configured, shared_host=self.shared, load=others)
 

@@ -176,3 +176,10 @@ def test_the_engine_thread_computes_with_the_governors_count(packed_tiny, torch_
     finally:
         engine.close()
     assert governor.threads == 1 and seen[-1] == 1
+
+
+def test_the_governor_starts_as_on_a_quiet_host_whatever_the_load_average(torch_threads, monkeypatch):
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (1.9, 1.9, 1.9))  # a minute of history, ours included
+    assert threads.ThreadGovernor(cores=2, shared=False, measure=Readings()).start() == 2 == torch.get_num_threads()
+    assert threads.ThreadGovernor(cores=2, shared=True, measure=Readings()).start() == 1 == torch.get_num_threads()
+    assert threads.ThreadGovernor(3, cores=2, shared=False, measure=Readings()).start() == 3 == torch.get_num_threads()
