@@ -283,8 +283,8 @@ if ENGINE_QUANTIZATION not in ("", "int8", "int4"):
 # None = CUDA when present, else CPU.
 ENGINE_DEVICE = os.environ.get("ENGINE_DEVICE") or None
 # torch threads of the worker's engine, the validation child and finetune; 0 = automatic: the host's cores, less
-# one when LLMSITE_SHARED_HOST=1 (the web server runs here) and less those its load average keeps busy
-# (modelzoo.engine.threads.choose_threads; README "Engine speed").
+# one when LLMSITE_SHARED_HOST=1 (the web server runs here) and less those other work keeps busy, measured
+# every second while an engine runs (modelzoo.engine.threads.ThreadGovernor; README "Engine speed").
 ENGINE_THREADS = envint("ENGINE_THREADS", 0, minimum=0)
 HEALTHZ_TIMEOUT_S = envfloat("HEALTHZ_TIMEOUT_S", 1.0, minimum=0.1)
 

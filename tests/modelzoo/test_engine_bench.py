@@ -67,7 +67,7 @@ def test_it_runs_beside_busy_processes_and_stops_them(tiny):
 
     result = bench("--checkpoint", tiny, "--max-tokens", "2", "--busy", "1", "--concurrency", "1,2",
                    "--prompt-tokens", "16", "--threads", "1")
-    assert result["busy"] == 1 and result["torch_threads"] == 1
+    assert result["busy"] == 1 and result["torch_threads"] == 1 and result["thread_policy"] == "fixed"
     assert set(result["aggregate_tokens_per_s"]) == {"1", "2"} and result["decode_tokens_per_s"] > 0
     assert result["prompt_tokens"] >= 16 and "load_average_before" in result
     assert not [p for p in multiprocessing.active_children() if p.name.startswith("bench-busy")]
