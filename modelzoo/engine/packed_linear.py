@@ -48,12 +48,17 @@ class PackedFloat16Linear(nn.Linear):
 
 def use_packed_float16(model: nn.Module) -> nn.Module:
     """Turn every nn.Linear of a float16 model into a PackedFloat16Linear (in place, weights and ties kept),
-    pack them now rather than in the first request, and have the model compute in float32."""
+    pack them now rather than in the first request, and have the model compute in float32.
+
+    The largest first: packing converts a weight to float32 on the way (the output head's is ~110 MB for a
+    49k vocabulary), and that copy is cheapest while few packed weights exist yet; the load's peak memory
+    was ~115 MB higher packing the head last."""
+    linears = [m for m in model.modules() if type(m) is nn.Linear]
+    for module in sorted(linears, key=lambda m: m.weight.numel(), reverse=True):
+        module.__class__ = PackedFloat16Linear
+        module.packed_weight()
     for module in model.modules():
-        if type(module) is nn.Linear:
-            module.__class__ = PackedFloat16Linear
-            module.packed_weight()
-        elif isinstance(module, RMSNorm):
+        if isinstance(module, RMSNorm):
             module.float()  # a few KB; lets the norm run as one fused float32 op
     model.activation_dtype = torch.float32
     return model
