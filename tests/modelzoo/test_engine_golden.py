@@ -61,3 +61,31 @@ def test_it_streams_unicode_deltas_that_join_to_the_final_text(smollm, engine):
                            on_text=deltas.append)
     assert "".join(deltas) == result.text
     assert all("\ufffd" not in d for d in deltas) or "\ufffd" in result.text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("params", [
+    SamplingParams(max_tokens=10, logprobs=5),
+    SamplingParams(max_tokens=10, logprobs=20, temperature=1.2, repetition_penalty=1.3, top_p=0.9, seed=4),
+], ids=["greedy", "penalised"])
+def test_its_logprobs_equal_a_log_softmax_of_the_full_logits(smollm, params):
+    """On the bundled model too: the engine's log-probabilities (float32 KV cache, so that only the cache-free
+    pass's order of sums differs) against log_softmax of a cache-free forward over prompt + answer."""
+    import math
+
+    import torch
+
+    from tests.modelzoo.test_engine_logprobs import reference
+
+    eng = Engine(smollm, max_batch_size=1, max_seq_len=128, kv_cache_dtype=torch.float32)
+    try:
+        prompt = smollm.tokenizer.encode(smollm.chat_template.render([{"role": "user", "content": "Name a colour."}]))
+        result = eng.generate(prompt, params)
+    finally:
+        eng.close()
+    assert len(result.logprobs) == len(result.token_ids) > 0
+    for entry, tok, ref in zip(result.logprobs, result.token_ids, reference(smollm, prompt, result.token_ids, params)):
+        assert entry.token_id == tok and math.isclose(entry.logprob, float(ref[tok]), abs_tol=2e-3)
+        values, _ = torch.topk(ref, params.logprobs)
+        assert [lp for _, lp in entry.top] == pytest.approx(values.tolist(), abs=2e-3)
+        assert sum(math.exp(lp) for _, lp in entry.top) <= 1.0 + 1e-6
