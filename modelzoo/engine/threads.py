@@ -63,10 +63,8 @@ def choose_threads(cores: int, *, configured: int = 0, shared_host: bool = False
 
 
 def host_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    """The CPUs this process may run on."""
+    return len(_affinity())
 
 
 def shared_host() -> bool:
@@ -93,24 +91,31 @@ def set_torch_threads(configured: int = 0) -> int:
 
 
 class HostCpu:
-    """How many cores' worth of CPU other processes used since the last reading: the host's busy time
-    (/proc/stat, steal included: a neighbour VM is a neighbour too) minus this process's own CPU time,
-    over the wall time between readings. Linux only; elsewhere `others()` is None."""
+    """How many cores' worth of CPU other processes used since the last reading: the busy time of the CPUs
+    this process may run on (their lines in /proc/stat, steal included: a neighbour VM is a neighbour too)
+    minus this process's own CPU time, over the wall time between readings. Only our CPUs count, so work
+    elsewhere on a big host (other containers' cpusets) is nobody's business here. Linux only; elsewhere
+    `others()` is None."""
 
-    def __init__(self, stat_path: str = "/proc/stat") -> None:
+    def __init__(self, stat_path: str = "/proc/stat", cpus: set[int] | None = None) -> None:
         self.stat_path = stat_path
+        self.cpus = {f"cpu{n}" for n in (cpus if cpus is not None else _affinity())}
         self._tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self._last = self._read()
 
     def _read(self) -> tuple[float, float, float] | None:
+        busy_ticks = 0
         try:
             with open(self.stat_path) as f:
-                fields = [int(v) for v in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+                for line in f:
+                    name, *values = line.split()
+                    if name in self.cpus:  # user nice system idle iowait irq softirq steal ...
+                        fields = [int(v) for v in values[:8]]
+                        busy_ticks += sum(fields) - fields[3] - fields[4]
         except (OSError, ValueError):
             return None
-        busy_s = (sum(fields) - fields[3] - fields[4]) / self._tick
         own = os.times()
-        return time.monotonic(), busy_s, own.user + own.system
+        return time.monotonic(), busy_ticks / self._tick, own.user + own.system
 
     def others(self) -> float | None:
         now = self._read()
@@ -118,6 +123,13 @@ class HostCpu:
         if now is None or last is None or now[0] - last[0] <= 0:
             return None
         return max(0.0, ((now[1] - last[1]) - (now[2] - last[2])) / (now[0] - last[0]))
+
+
+def _affinity() -> set[int]:
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return set(range(os.cpu_count() or 1))
 
 
 class ThreadGovernor:
