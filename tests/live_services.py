@@ -97,9 +97,11 @@ class WorkerProcess:
         self.process.kill()
         self.process.wait()
 
-    def stop(self) -> None:
+    def stop(self, *, grace_s: float = 3.0) -> None:
+        """SIGTERM, then SIGKILL after grace_s: a worker stopped while it still loads its model would finish
+        the load first (~10 s a test), and no test needs that wait (each starts with an empty queue)."""
         if self.process is not None:
-            localredis.stop(self.process, timeout_s=30)
+            localredis.stop(self.process, timeout_s=grace_s)
 
     def log(self) -> str:
         return self.log_path.read_text()
