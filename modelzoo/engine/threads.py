@@ -150,7 +150,7 @@ class ThreadGovernor:
         self.measure = measure or HostCpu().others
         self.interval_s = interval_s
         self._next = time.monotonic() + interval_s
-        self.threads: int | None = configured or None  #: the count last applied (None: not changed yet)
+        self.threads: int | None = configured or None  #: the count last applied (None until start() or a change)
 
     def start(self) -> int:
         """Apply the count for a host with no other work (or ENGINE_THREADS) and return it: the load average
