@@ -162,8 +162,10 @@ def estimated_bytes(checkpoint: Checkpoint) -> int:
 
 
 def _bytes_per_parameter() -> float:
-    """What the engine stores per weight: bfloat16 on CUDA; float16 plus its FBGEMM-packed copy on CPU
-    (engine/packed_linear.py); float32; int8 ~1 byte plus scales, int4 ~0.5 plus per-group scales and zeros."""
+    """What the engine stores per weight: bfloat16 on CUDA; on CPU at most 4 bytes, float32 or FBGEMM's packed
+    float16 padded to blocks of 512 inputs plus the float16 embedding table (engine/packed_linear.py: 3.2 bytes
+    a weight for SmolLM2-135M, whose layers take 576 inputs); int8 ~1 byte plus scales, int4 ~0.5 plus
+    per-group scales and zeros."""
     if settings.ENGINE_QUANTIZATION:
         return {"int8": 1.1, "int4": 0.75}[settings.ENGINE_QUANTIZATION]
     if settings.ENGINE_DTYPE == "bfloat16" or (not settings.ENGINE_DTYPE and _device_type() == "cuda"):

@@ -16,8 +16,9 @@ and v. By default max_seq_len is min(context length, 1024) and the cache is floa
 on CPU (bf16 on CUDA): for SmolLM2-135M with 16 slots that is at most 16 x 1024
 positions x 30 layers x 2 x 3 heads x 64 x 2 bytes = 377 MB, taken page by page as
 positions are written (model.lazy_zeros), plus one float32 buffer that attention reads
-the rows into. The weights take ~0.7 GB on CPU (float16 plus FBGEMM's packed copy,
-packed_linear.py) and torch ~0.25 GB.
+the rows into. The weights take ~0.43 GB on CPU (FBGEMM's packed float16, which pads each
+weight's inputs to a multiple of 512, plus the float16 embedding table; packed_linear.py)
+and torch ~0.25 GB.
 
 Slots are handed out lowest first, so a batch usually occupies slots 0..B-1 and each
 layer reads its cache rows as a view (converted once into the float32 buffer) instead

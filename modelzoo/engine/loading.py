@@ -13,6 +13,8 @@ strips).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 from collections.abc import Callable, Iterable
 
 import torch
@@ -89,7 +91,7 @@ def assemble(
     dtype: torch.dtype,
     file_name: Callable[[str], str] = str,
 ) -> dict[str, torch.Tensor]:
-    """Check, fuse, quantize and cast each layer as soon as all its tensors have arrived.
+    """Check (name, shape, finite values), fuse, quantize and cast each layer as soon as all its tensors have arrived.
 
     `file_name` maps our names back to the file's for messages. Only one layer's float32
     weights are alive at a time beyond the result (GGUF files store tensors layer by
@@ -106,6 +108,8 @@ def assemble(
         part = quantize_state_dict(part, quantization, dtype=dtype, tie_embeddings=tie)
         for k, v in part.items():
             state[k] = v.to(dtype) if v.is_floating_point() else v
+        part.clear()
+        release_free_memory()
 
     for name, tensor in tensors:
         if name not in expected:
@@ -120,6 +124,8 @@ def assemble(
             raise CheckpointError(
                 f"tensor {file_name(name)!r} has shape {tuple(tensor.shape)}; expected {expected[name]}"
             )
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"tensor {file_name(name)!r} holds NaN or Inf values")
         if not name.startswith("layers."):
             top[name] = tensor
             continue
@@ -136,6 +142,14 @@ def assemble(
     fuse_top(top, cfg, file_name=file_name)
     finish(top, tie=cfg.tie_embeddings)
     return state
+
+
+def release_free_memory() -> None:
+    """Hand the memory freed so far back to the system (glibc keeps freed blocks for reuse, so a load that
+    frees each layer's float32 copies, or each weight's float16 one once packed, would peak at the sum of what
+    it freed on top of what it keeps); a no-op without glibc."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 def load_strict(

@@ -135,12 +135,16 @@ def merge_adapter(model: Transformer, directory: Path) -> int:
             raise CheckpointError(f"layer {index} {module}: adapter does not fit this model")
         path, rows = _target(model.cfg, module)
         parent_name, child_name = path.split(".")
-        weight = getattr(getattr(model.layers[index], parent_name), child_name).weight
+        linear = getattr(getattr(model.layers[index], parent_name), child_name)
+        weight = linear.weight  # a packed Linear's is a copy, written back below (packed_linear.py)
         target = weight[rows]  # (out, in) view
         a, b = pair["A"], pair["B"]
         if a.shape != (rank, target.shape[1]) or b.shape != (target.shape[0], rank):
             raise CheckpointError(f"layer {index} {module}: A {tuple(a.shape)} / B {tuple(b.shape)} do not fit "
                              f"{tuple(target.shape)} at rank {rank}")
         delta = (alpha / rank) * (b.float() @ a.float())  # in float32, then rounded once to the weights' dtype
+        if not bool(torch.isfinite(delta).all()):
+            raise CheckpointError(f"layer {index} {module}: the adapter's update holds NaN or Inf values")
         target.copy_(target.float() + delta)
+        linear.weight = weight
     return len(pairs)

@@ -10,16 +10,19 @@ accumulates in float32: measured on 2 cores against torch's float16 product, 1.3
 faster for one row and ~5x for 16, and each row's result is bitwise the same whatever
 other rows share the call, so a request's tokens never depend on its batch.
 
-The float16 weight stays the module's parameter (state dicts, LoRA merges and checks
-see it as usual); the packed copy is rebuilt when the weight changes in place.
+Only the packed copy is kept (the float16 weight would be a second copy of every weight,
+~210 MB of SmolLM2-135M's ~0.5 GB): `weight` reads it back from the packed copy (exactly,
+FBGEMM stores the float16 values) and assigning `weight` repacks, which is how a LoRA merge
+writes. A weight shared with another module (the output head tied to the embeddings) stays
+that module's parameter and is packed as well.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from .loading import release_free_memory
 from .model import RMSNorm
 
 
@@ -29,34 +32,53 @@ def available() -> bool:
 
 
 class PackedFloat16Linear(nn.Linear):
-    """An nn.Linear with a float16 weight, computed by FBGEMM on float32 inputs (float32 out)."""
+    """An nn.Linear whose float16 weight lives packed for FBGEMM, computed on float32 inputs (float32 out).
 
-    _packed: tuple[tuple[int, int], torch.Tensor] | None = None  # (weight and bias versions, packed weight)
+    `weight` is a float16 copy read back from the packed matrix (a tied weight: the shared parameter); change
+    it by assigning a new tensor, which repacks. The weight is in state_dict() as usual."""
+
+    _packed: torch.Tensor  # FBGEMM's packed float16 matrix and float32 bias (a TorchBind object)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        shared = self._parameters.get("weight")
+        if shared is not None:
+            return shared
+        return torch.ops.quantized.linear_unpack_fp16(self._packed)[0].half()
+
+    @weight.setter
+    def weight(self, value: torch.Tensor) -> None:
+        self.pack(value)
+
+    def pack(self, weight: torch.Tensor) -> None:
+        bias = None if self.bias is None else self.bias.float()
+        self._packed = torch.ops.quantized.linear_prepack_fp16(weight.detach().half(), bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.weight.dtype != torch.float16:  # e.g. cast to float32 for finetuning
-            return F.linear(x, self.weight, self.bias)
-        return torch.ops.quantized.linear_dynamic_fp16(x.float(), self.packed_weight())
+        return torch.ops.quantized.linear_dynamic_fp16(x.float(), self._packed)
 
-    def packed_weight(self) -> torch.Tensor:
-        versions = (self.weight._version, -1 if self.bias is None else self.bias._version)  # bumped by in-place writes
-        if self._packed is None or self._packed[0] != versions:
-            bias = None if self.bias is None else self.bias.float()
-            self._packed = (versions, torch.ops.quantized.linear_prepack_fp16(self.weight, bias))
-        return self._packed[1]
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "weight"] = self.weight
 
 
 def use_packed_float16(model: nn.Module) -> nn.Module:
-    """Turn every nn.Linear of a float16 model into a PackedFloat16Linear (in place, weights and ties kept),
-    pack them now rather than in the first request, and have the model compute in float32.
+    """Turn every nn.Linear of a float16 model into a PackedFloat16Linear (in place; biases and ties kept),
+    packed now rather than in the first request, and have the model compute in float32.
 
     The largest first: packing converts a weight to float32 on the way (the output head's is ~110 MB for a
     49k vocabulary), and that copy is cheapest while few packed weights exist yet; the load's peak memory
     was ~115 MB higher packing the head last."""
+    shared = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     linears = [m for m in model.modules() if type(m) is nn.Linear]
     for module in sorted(linears, key=lambda m: m.weight.numel(), reverse=True):
+        weight = module.weight
+        if id(weight) not in shared:
+            del module._parameters["weight"]  # the packed copy replaces it
         module.__class__ = PackedFloat16Linear
-        module.packed_weight()
+        module.pack(weight)
+        del weight
+        release_free_memory()
     for module in model.modules():
         if isinstance(module, RMSNorm):
             module.float()  # a few KB; lets the norm run as one fused float32 op

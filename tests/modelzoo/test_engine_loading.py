@@ -60,6 +60,14 @@ def test_it_names_a_gguf_tensor_of_the_wrong_shape(tmp_path, monkeypatch):
     assert str(error.value) == "tensor 'blk.0.attn_q.weight' has shape (16, 32); expected (32, 32)"
 
 
+def test_it_names_a_tensor_holding_nan_before_anything_could_hide_it(tmp_path):
+    """FBGEMM's packing saturates NaN and Inf to finite float16 values, so they must be caught on the way in."""
+    path = write_tiny_gguf(tmp_path / "nan.gguf", poison="blk.1.ffn_up.weight")
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(path, device="cpu")
+    assert str(error.value) == "tensor 'blk.1.ffn_up.weight' holds NaN or Inf values"
+
+
 def test_it_names_an_unexpected_and_a_missing_gguf_tensor(tmp_path, monkeypatch):
     extra = gguf_with(tmp_path / "extra.gguf", monkeypatch, lambda name, data: (
         [(name, data), ("blk.7.ffn_norm.weight", data)] if name == "output_norm.weight" else [(name, data)]))

@@ -1,5 +1,5 @@
 """float16 weights on CPU: FBGEMM's packed products on float32 inputs, each row computed the same way
-whatever shares the call; the packed copy follows in-place weight changes; decode attention and the whole
+whatever shares the call; only the packed copy is kept (the weight reads back from it, assigning one repacks); decode attention and the whole
 model are batch-invariant bit for bit; cache rows are read back through the shared float32 buffer."""
 
 from __future__ import annotations
@@ -20,9 +20,14 @@ def packed_linear(in_features: int = 64, out_features: int = 48) -> PackedFloat1
     return use_packed_float16(model)[0]
 
 
-def test_it_packs_linears_keeping_their_float16_weights():
-    layer = packed_linear()
-    assert type(layer) is PackedFloat16Linear and layer.weight.dtype == torch.float16
+def test_it_keeps_only_the_packed_copy_and_reads_the_float16_weight_back_exactly():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48, bias=True).half()
+    original = linear.weight.detach().clone()
+    layer = use_packed_float16(torch.nn.Sequential(linear))[0]
+    assert type(layer) is PackedFloat16Linear and "weight" not in layer._parameters
+    assert layer.weight.dtype == torch.float16 and torch.equal(layer.weight, original)
+    assert torch.equal(layer.state_dict()["weight"], original) and "bias" in layer.state_dict()
 
 
 def test_it_computes_in_float32_from_the_float16_weights_and_each_row_alike_in_any_batch():
@@ -36,15 +41,27 @@ def test_it_computes_in_float32_from_the_float16_weights_and_each_row_alike_in_a
         assert torch.equal(layer(x[i : i + 1]), y[i : i + 1])  # bit for bit, alone or in the batch
 
 
-def test_the_packed_copy_follows_an_in_place_change_of_the_weight():
+def test_assigning_the_weight_repacks_it():
     layer = packed_linear()
     x = torch.randn(2, 64)
     before = layer(x)
-    with torch.no_grad():
-        layer.weight[:8] += 1.0  # through a view, like a LoRA merge of some rows
+    weight = layer.weight
+    weight[:8] += 1.0  # through a view, like a LoRA merge of some rows
+    layer.weight = weight
     after = layer(x)
-    assert not torch.allclose(before[:, :8], after[:, :8])
-    assert torch.allclose(after.double(), x.double() @ layer.weight.double().T + layer.bias.double(), atol=1e-4)
+    assert not torch.allclose(before[:, :8], after[:, :8]) and torch.equal(before[:, 8:], after[:, 8:])
+    assert torch.equal(layer.weight, weight)
+    assert torch.allclose(after.double(), x.double() @ weight.double().T + layer.bias.double(), atol=1e-4)
+
+
+def test_a_weight_tied_to_the_embeddings_stays_the_embeddings_parameter():
+    embedding = torch.nn.Embedding(48, 64).half()
+    head = torch.nn.Linear(64, 48, bias=False).half()
+    head.weight = embedding.weight
+    model = use_packed_float16(torch.nn.ModuleDict({"embedding": embedding, "head": head}))
+    assert model["head"].weight is model["embedding"].weight
+    x = torch.randn(3, 64)
+    assert torch.allclose(model["head"](x).double(), x.double() @ embedding.weight.double().T, atol=1e-4)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from safetensors.torch import save_file
 
 from modelzoo import pool, services
-from modelzoo.engine import load_checkpoint
+from modelzoo.engine import CheckpointError, load_checkpoint
 from modelzoo.engine.lora import attach, merge_adapter, save_adapter
 from modelzoo.models import Checkpoint
 from tests.modelzoo.gguf_factory import write_tiny_gguf
@@ -100,19 +100,34 @@ def test_it_rejects_an_adapter_for_another_shape(tiny_base, tmp_path):
     assert "do not fit" in rejected.status_reason
 
 
+def write_v_adapter(directory: Path, a: torch.Tensor, b: torch.Tensor) -> None:
+    (directory / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 2,
+                                                                "target_modules": ["v_proj"]}))
+    save_file({"base_model.model.model.layers.1.self_attn.v_proj.lora_A.weight": a,
+               "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight": b},
+              str(directory / "adapter_model.safetensors"))
+
+
 @pytest.mark.slow
-def test_it_merges_q_and_v_updates_into_their_rows_of_the_fused_weight(tiny_base, tmp_path):
-    loaded = load_checkpoint(tiny_base.file_path(), device="cpu", dtype=torch.float32)
+@pytest.mark.parametrize(("dtype", "atol"), [(torch.float32, 1e-5), (None, 1e-2)])  # None: float16, packed
+def test_it_merges_q_and_v_updates_into_their_rows_of_the_fused_weight(tiny_base, tmp_path, dtype, atol):
+    loaded = load_checkpoint(tiny_base.file_path(), device="cpu", dtype=dtype)
     cfg = loaded.config
     before = loaded.model.layers[1].attention.wqkv.weight.clone()
     a, b = torch.randn(2, cfg.dim), torch.randn(cfg.kv_size, 2)
-    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 2,
-                                                               "target_modules": ["v_proj"]}))
-    save_file({"base_model.model.model.layers.1.self_attn.v_proj.lora_A.weight": a,
-               "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight": b},
-              str(tmp_path / "adapter_model.safetensors"))
+    write_v_adapter(tmp_path, a, b)
     assert merge_adapter(loaded.model, tmp_path) == 1
     after = loaded.model.layers[1].attention.wqkv.weight
     v_rows = slice(cfg.q_size + cfg.kv_size, cfg.q_size + 2 * cfg.kv_size)
-    assert torch.allclose(after[v_rows] - before[v_rows], b @ a, atol=1e-5)
+    assert torch.allclose((after[v_rows] - before[v_rows]).float(), b @ a, atol=atol)
     assert torch.equal(after[: cfg.q_size + cfg.kv_size], before[: cfg.q_size + cfg.kv_size])  # q and k untouched
+
+
+@pytest.mark.slow
+def test_it_refuses_an_adapter_whose_update_holds_nan(tiny_base, tmp_path):
+    loaded = load_checkpoint(tiny_base.file_path(), device="cpu")
+    a, b = torch.randn(2, loaded.config.dim), torch.randn(loaded.config.kv_size, 2)
+    a[0, 3] = float("nan")
+    write_v_adapter(tmp_path, a, b)
+    with pytest.raises(CheckpointError, match="layer 1 v_proj: the adapter's update holds NaN or Inf values"):
+        merge_adapter(loaded.model, tmp_path)
