@@ -91,6 +91,9 @@ def validate(path: Path, *, base: Path | None = None, limits: Limits = Limits())
         # Libraries probe a temporary folder on import; nothing else is written, and only into a scratch folder.
         resource.setrlimit(resource.RLIMIT_FSIZE, (SCRATCH_FILE_LIMIT_BYTES, SCRATCH_FILE_LIMIT_BYTES))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        run_in_background()
+
+    run_in_background = _import_light("threads").run_in_background
 
     with tempfile.TemporaryDirectory(prefix="llmsite-validate-") as scratch:
         env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": str(_child_threads()), "TMPDIR": scratch, "HOME": scratch,

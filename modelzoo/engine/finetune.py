@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from .checkpoint import LoadedCheckpoint
 from .lora import attach
+from .threads import ThreadGovernor
 
 IGNORE = -100
 
@@ -35,8 +36,10 @@ def encode_example(loaded: LoadedCheckpoint, example: Example, *, max_len: int) 
 def finetune(
     loaded: LoadedCheckpoint, examples: Iterable[Example], *, epochs: int = 1, lr: float = 1e-3, rank: int = 8,
     alpha: float = 16.0, max_len: int = 256, seed: int = 0, on_step: Callable[[int, int, float], None] | None = None,
+    governor: ThreadGovernor | None = None,
 ) -> list[float]:
-    """Attach LoRA to `loaded.model` and train it in place (batch size 1); returns the loss of each step."""
+    """Attach LoRA to `loaded.model` and train it in place (batch size 1); returns the loss of each step.
+    A `governor` resizes torch's threads between steps as the host's other work (a worker's engine) comes and goes."""
     torch.manual_seed(seed)
     model = loaded.model.float()  # trains in float32 whatever dtype it was loaded in (16-bit gradients underflow)
     model.requires_grad_(False)
@@ -58,6 +61,8 @@ def finetune(
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
+            if governor is not None:
+                governor.tick()
             if on_step is not None:
                 on_step(len(losses), total, losses[-1])
     model.eval()

@@ -18,6 +18,7 @@ its core and slows down about twice.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -62,6 +63,18 @@ def choose_threads(cores: int, *, configured: int = 0, shared_host: bool = False
     return max(1, free)
 
 
+#: How much lower than the serving engine background work runs (validating an upload, finetuning).
+BACKGROUND_NICENESS = 10
+
+
+def run_in_background() -> None:
+    """Lower the calling thread (Linux keeps a niceness per thread; threads it starts inherit it) to
+    BACKGROUND_NICENESS, so that on a shared host it computes with what the engines leave rather than taking
+    cores from a worker that is answering users."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, 0, max(os.getpriority(os.PRIO_PROCESS, 0), BACKGROUND_NICENESS))
+
+
 def host_cores() -> int:
     """The CPUs this process may run on."""
     return len(_affinity())
@@ -78,16 +91,6 @@ def host_threads(configured: int = 0) -> int:
     except OSError:
         load = 0.0
     return choose_threads(host_cores(), configured=configured, shared_host=shared_host(), load=load)
-
-
-def set_torch_threads(configured: int = 0) -> int:
-    """Apply host_threads(configured) to torch (process-wide) and return it."""
-    import torch
-
-    n = host_threads(configured)
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-    return n
 
 
 class HostCpu:

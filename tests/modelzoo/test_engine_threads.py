@@ -1,10 +1,14 @@
 """The engine's thread policy (modelzoo.engine.threads.choose_threads) and ENGINE_THREADS reaching every place
-torch computes: the worker's engine, the validation child and finetune."""
+torch computes: the worker's engine, the validation child and finetune (which also run at a lower priority)."""
 from __future__ import annotations
 
+import io
 import json
 import os
+import subprocess
+import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -13,6 +17,7 @@ from django.core.management import call_command
 from modelzoo import validation
 from modelzoo.engine import Engine, SamplingParams, threads
 from modelzoo.engine.threads import choose_threads
+from tests.modelzoo.gguf_factory import write_tiny_gguf
 from tests.modelzoo.test_engine_support import tiny_checkpoint
 
 
@@ -70,12 +75,15 @@ def test_the_host_is_read_from_its_cores_load_and_environment(monkeypatch):
     assert threads.host_threads() == 3 and threads.host_threads(configured=2) == 2
 
 
-def test_the_validation_child_gets_the_configured_threads(settings, monkeypatch, tmp_path):
+def test_the_validation_child_gets_the_configured_threads_and_a_lower_priority(settings, monkeypatch, tmp_path):
     settings.ENGINE_THREADS = 3
     seen = {}
 
-    def fake_run(command, *, env, **kwargs):
+    def fake_run(command, *, env, preexec_fn, **kwargs):
         seen.update(env)
+        # the child's own setup, in a real child: what niceness does it run at?
+        probe = [sys.executable, "-c", "import os; print(os.getpriority(os.PRIO_PROCESS, 0))"]
+        seen["niceness"] = int(subprocess.run(probe, preexec_fn=preexec_fn, capture_output=True, check=True).stdout)
         return validation._Finished(returncode=0, stdout=json.dumps({"ok": True}).encode(), stderr=b"", seconds=0.1,
                                     peak_memory_bytes=0, timed_out=False)
 
@@ -84,6 +92,7 @@ def test_the_validation_child_gets_the_configured_threads(settings, monkeypatch,
     path.write_bytes(b"GGUF")
     validation.validate(path)
     assert seen["OMP_NUM_THREADS"] == "3"
+    assert seen["niceness"] >= threads.BACKGROUND_NICENESS
 
 
 @pytest.mark.django_db
@@ -95,14 +104,28 @@ def test_finetune_trains_with_the_configured_threads(settings, monkeypatch, tmp_
     settings.ENGINE_THREADS = 1 if torch.get_num_threads() != 1 else 2
     seen = []
     monkeypatch.setattr(modelzoo.engine, "load_checkpoint", lambda *a, **k: type("Loaded", (), {"model": None})())
-    monkeypatch.setattr(modelzoo.engine.finetune, "finetune",
-                        lambda *a, **k: seen.append(torch.get_num_threads()) or [1.0])
+    monkeypatch.setattr(modelzoo.engine.finetune, "finetune", lambda *a, **k: seen.append(
+        (torch.get_num_threads(), os.getpriority(os.PRIO_PROCESS, 0), k["governor"].configured)) or [1.0])
     monkeypatch.setattr(modelzoo.engine.lora, "save_adapter", lambda *a, **k: None)
     data = tmp_path / "data.jsonl"
     data.write_text('{"prompt": "a", "response": "b"}\n')
-    call_command("finetune", "--base", checkpoint.name, "--data", str(data), "--out", str(tmp_path / "out"),
-                 stdout=__import__("io").StringIO())
-    assert seen == [settings.ENGINE_THREADS]
+    with ThreadPoolExecutor(1) as thread:  # Linux keeps niceness per thread: the test's own stays as it was
+        thread.submit(call_command, "finetune", "--base", checkpoint.name, "--data", str(data),
+                      "--out", str(tmp_path / "out"), stdout=io.StringIO()).result()
+    assert seen == [(settings.ENGINE_THREADS, threads.BACKGROUND_NICENESS, settings.ENGINE_THREADS)]
+
+
+def test_finetune_gives_up_threads_to_a_busy_host_between_steps(torch_threads, tmp_path):
+    from modelzoo.engine import load_checkpoint
+    from modelzoo.engine.finetune import Example, finetune
+
+    torch.set_num_threads(2)
+    governor = threads.ThreadGovernor(cores=2, shared=False, measure=Readings(0.1, 1.0), interval_s=0)
+    seen = []
+    tiny = load_checkpoint(write_tiny_gguf(tmp_path / "tiny.gguf"), device="cpu", dtype=torch.float32)
+    finetune(tiny, [Example("a", "b"), Example("c", "d")], rank=2,
+             on_step=lambda *_: seen.append(torch.get_num_threads()), governor=governor)
+    assert seen == [2, 1]
 
 
 @pytest.mark.django_db

@@ -42,9 +42,11 @@ class Command(BaseCommand):
         if checkpoint is None:
             raise CommandError(f"no ready checkpoint named {base!r}")
         examples = self._read(data)
-        from modelzoo.engine.threads import set_torch_threads
+        from modelzoo.engine.threads import ThreadGovernor, run_in_background
 
-        set_torch_threads(settings.ENGINE_THREADS)
+        run_in_background()  # a worker serving users on this host goes first
+        governor = ThreadGovernor(settings.ENGINE_THREADS)
+        governor.start()
         loaded = load_checkpoint(checkpoint.file_path(), device=settings.ENGINE_DEVICE, dtype=torch.float32)  # trains in float32
         started = time.monotonic()
 
@@ -55,7 +57,7 @@ class Command(BaseCommand):
             self.stdout.flush()
 
         losses = finetune(loaded, examples, epochs=epochs, lr=lr, rank=rank, alpha=alpha, max_len=max_len, seed=seed,
-                          on_step=progress)
+                          on_step=progress, governor=governor)
         save_adapter(loaded.model, out, base_name=checkpoint.name, rank=rank, alpha=alpha)
         self.stdout.write(self.style.SUCCESS(
             f"{len(losses)} steps in {time.monotonic() - started:.1f} s; loss {losses[0]:.4f} -> {losses[-1]:.4f}; "
