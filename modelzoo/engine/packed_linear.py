@@ -10,10 +10,10 @@ accumulates in float32: measured on 2 cores against torch's float16 product, 1.3
 faster for one row and ~5x for 16, and each row's result is bitwise the same whatever
 other rows share the call, so a request's tokens never depend on its batch.
 
-Only the packed copy is kept (the float16 weight would be a second copy of every weight,
-~210 MB of SmolLM2-135M's ~0.5 GB): `weight` reads it back from the packed copy (exactly,
-FBGEMM stores the float16 values) and assigning `weight` repacks, which is how a LoRA merge
-writes. A weight shared with another module (the output head tied to the embeddings) stays
+Only the packed copy is kept (the float16 weights beside it were ~210 MB more for
+SmolLM2-135M): `weight` reads back from the packed copy (exactly, FBGEMM stores the float16
+values) and assigning `weight` repacks, which is how a LoRA merge writes. The packed copy is
+for inference: a model to train is loaded in float32 (finetune.py). A weight shared with another module (the output head tied to the embeddings) stays
 that module's parameter and is packed as well.
 """
 

@@ -1,6 +1,7 @@
 """`manage.py finetune` teaches the bundled model an answer it does not know, and the adapter it writes
 merges into a fresh copy of the base with the same effect (PEFT layout)."""
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -33,8 +34,9 @@ def test_it_trains_an_adapter_that_gives_the_trained_answer(tmp_path: Path, chec
 
     data = tmp_path / "train.jsonl"
     data.write_text("\n".join(json.dumps({"prompt": q, "response": ANSWER}) for q in QUESTIONS * 4))
-    call_command("finetune", "--base", checkpoint.name, "--data", str(data), "--out", str(tmp_path / "adapter"),
-                 "--lr", "3e-3")
+    with ThreadPoolExecutor(1) as thread:  # the command lowers its thread's priority; the test's own stays
+        thread.submit(call_command, "finetune", "--base", checkpoint.name, "--data", str(data),
+                      "--out", str(tmp_path / "adapter"), "--lr", "3e-3").result()
     output = capsys.readouterr().out
     assert "step 16/16" in output
     first, last = (float(x) for x in output.rsplit("loss ", 1)[1].split(";")[0].split(" -> "))
@@ -65,3 +67,12 @@ def test_it_refuses_an_adapter_that_does_not_fit(tmp_path: Path):
     base = load_checkpoint(default_checkpoint_path(), device="cpu")
     with pytest.raises(ValueError, match="do not fit"):
         merge_adapter(base.model, tmp_path)
+
+
+def test_it_refuses_to_train_packed_float16_weights(tmp_path: Path):
+    from modelzoo.engine.finetune import Example, finetune
+    from tests.modelzoo.gguf_factory import write_tiny_gguf
+
+    tiny = load_checkpoint(write_tiny_gguf(tmp_path / "tiny.gguf"), device="cpu")  # float16, packed for inference
+    with pytest.raises(ValueError, match="dtype=torch.float32"):
+        finetune(tiny, [Example("a", "b")])
