@@ -84,15 +84,25 @@ def secret(owner) -> str:
     return services.api_key_create(owner=owner, name="tests")[1]
 
 
+#: The id the bundled row had when a test first saw it (the data migration's row).
+_bundled_id: dict[str, int] = {}
+
+
 @pytest.fixture
 def checkpoint(db) -> Checkpoint:
-    """The bundled SmolLM2 row the data migration creates (default, ready); recreated if a transactional
-    test flushed it."""
-    existing = Checkpoint.objects.filter(is_default=True).first()
-    if existing is not None:
-        return existing
+    """The bundled SmolLM2 row the data migration creates (default, ready); recreated with the same id if a
+    transactional test flushed it, so that a worker shared by several tests (tests.live_services) finds the
+    model it holds (its pool is keyed by id and path) instead of loading it again under a new id."""
     bundled = importlib.import_module("modelzoo.migrations.0002_bundled_smollm2").BUNDLED
-    return Checkpoint.objects.create(**bundled)
+    existing = Checkpoint.objects.filter(is_default=True).first()
+    if existing is None:
+        pk = _bundled_id.get("id")
+        if pk is not None and Checkpoint.objects.filter(pk=pk).exists():
+            pk = None
+        existing = Checkpoint.objects.create(pk=pk, **bundled)
+    if existing.path == bundled["path"]:
+        _bundled_id.setdefault("id", existing.pk)
+    return existing
 
 
 @pytest.fixture

@@ -3,13 +3,21 @@
 Loaded with `-p tests.live_services` (see pytest.ini) so that `REDIS_URL` is set before Django reads its
 settings. The Redis is started on a free port under `var/test-redis/` and stopped when the run ends; a
 `REDIS_URL` of the environment is never used by tests.
+
+Consecutive tests that ask for `worker` (or `web`) share one process: starting a worker and loading the model
+costs ~15 s, the site under uvicorn a few seconds. Each test still finds the worker idle, with the model resident
+and an empty queue, and Redis holding nothing of an earlier test but the worker's own entries; a test that does
+not ask for one runs with none (`only_requested_processes`), so a test that starts its own workers or needs
+nobody to take its jobs is not disturbed.
 """
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,6 +51,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    _stop_shared_worker()
+    _stop_shared_web()
     if _redis is not None:
         localredis.stop(_redis)
 
@@ -106,19 +116,107 @@ class WorkerProcess:
     def log(self) -> str:
         return self.log_path.read_text()
 
+    @property
+    def node(self) -> str:
+        """Its Celery node name (`-n NAME@%h`)."""
+        return f"{self.name}@{socket.gethostname()}"
+
+    def settle(self, *, timeout_s: float = 30.0) -> bool:
+        """Drop the messages still queued and wait until the worker runs and holds none (Celery's own answer to
+        `inspect active` and `inspect reserved`, not a guess from its log). False when it is not idle in time."""
+        from llmsite.celery import app
+
+        if not self.alive:
+            return False
+        client = _redis_client()
+        for key in client.scan_iter(count=1000):
+            if client.type(key) == b"list":  # the Celery queues (celery, checkpoint.<id>, priorities)
+                client.delete(key)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.alive:
+            inspect = app.control.inspect(destination=[self.node], timeout=2.0)
+            active, reserved = inspect.active(), inspect.reserved()
+            if active is not None and reserved is not None and active.get(self.node) == [] \
+                    and reserved.get(self.node) == []:
+                return True
+            time.sleep(0.2)
+        return False
+
+    def forget_other_tests(self) -> None:
+        """Empty the test Redis but for this worker's own entries (its heartbeat, what it holds and publishes) and
+        the queues' bindings: no queue, stream, key or other worker of an earlier test is left, and the worker is
+        live at once instead of after its next heartbeat (which a flush would mean)."""
+        from generation.fleet import registry
+
+        client = _redis_client()
+        mine = f"llmsite:worker:{self.node}:"
+        for key in client.scan_iter(count=1000):
+            text = key.decode(errors="replace")
+            if text.startswith(("_kombu.binding.", mine)) or text == registry.WORKERS_KEY:
+                continue
+            client.delete(key)
+        others = [name for name in client.zrange(registry.WORKERS_KEY, 0, -1) if name.decode() != self.node]
+        if others:
+            client.zrem(registry.WORKERS_KEY, *others)
+
+
+def _redis_client():
+    import redis
+
+    return redis.Redis.from_url(os.environ["REDIS_URL"])
+
+
+_shared_worker: WorkerProcess | None = None
+_shared_web: WebProcess | None = None
+
+
+def _stop_shared_worker() -> None:
+    global _shared_worker
+    if _shared_worker is not None:
+        _shared_worker.stop()
+        _shared_worker = None
+
+
+def _stop_shared_web() -> None:
+    global _shared_web
+    if _shared_web is not None:
+        _shared_web.stop()
+        _shared_web = None
+
+
+@pytest.fixture(autouse=True)
+def only_requested_processes(request: pytest.FixtureRequest) -> None:
+    """A test that does not ask for the shared worker (or site) runs without it: none of its jobs is taken by a
+    worker it did not start, and the processes it starts itself are the only ones."""
+    if "worker" not in request.fixturenames:
+        _stop_shared_worker()
+    if "web" not in request.fixturenames:
+        _stop_shared_web()
+
 
 @pytest.fixture
-def worker(transactional_db) -> WorkerProcess:
-    """A real worker for one test, started against an empty queue and stopped after the test, so that no
-    other test's messages reach it and it takes none of theirs."""
-    import redis
+def worker(transactional_db) -> Iterator[WorkerProcess]:
+    """A real worker (`worker1`, the default checkpoint preloaded) against an empty queue, so that no other
+    test's messages reach it and it takes none of theirs. Consecutive tests that ask for it share one process:
+    after a test its queues are emptied and it must be idle within 30 s (else it is stopped, and the next test
+    starts a new one), and before the next test Redis is emptied but for the worker's own entries. The bundled
+    checkpoint keeps its id across tests (tests/conftest.py), so the model it preloaded stays the one jobs use."""
+    global _shared_worker
     from django.db import connection
 
-    redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
-    process = WorkerProcess(database_url(connection.settings_dict), name="worker1")
-    process.start()
+    database = database_url(connection.settings_dict)
+    process = _shared_worker
+    if process is not None and process.alive and process.database == database:
+        process.forget_other_tests()
+    else:
+        _stop_shared_worker()
+        _redis_client().flushdb()
+        process = WorkerProcess(database, name="worker1")
+        process.start()
+        _shared_worker = process
     yield process
-    process.stop()
+    if _shared_worker is process and not process.settle():
+        _stop_shared_worker()
 
 
 class WebProcess:
@@ -153,6 +251,10 @@ class WebProcess:
                     raise RuntimeError(f"web server did not start:\n{self.log_path.read_text()}") from exc
                 time.sleep(0.2)
 
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def stop(self) -> None:
         if self.process is not None:
             localredis.stop(self.process, timeout_s=10)
@@ -160,9 +262,14 @@ class WebProcess:
 
 @pytest.fixture
 def web(transactional_db) -> WebProcess:
+    """The site under uvicorn, shared by consecutive tests that ask for it (it keeps no state of its own: the
+    database and Redis hold it all)."""
+    global _shared_web
     from django.db import connection
 
-    process = WebProcess(database_url(connection.settings_dict))
-    process.start()
-    yield process
-    process.stop()
+    database = database_url(connection.settings_dict)
+    if _shared_web is None or not _shared_web.alive or _shared_web.database != database:
+        _stop_shared_web()
+        _shared_web = WebProcess(database)
+        _shared_web.start()
+    return _shared_web

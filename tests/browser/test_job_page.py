@@ -41,75 +41,6 @@ def finished_job(owner, checkpoint, **fields) -> Job:
     return job
 
 
-def test_the_waiting_notice_gives_way_to_the_first_token_and_the_counters_move(web, checkpoint, worker, owner):
-    wait_until_resident(worker)
-    with browser_page() as page:
-        violations = watch_violations(page)
-        sign_in(page, web.url)
-        job = services.job_create(owner=owner, task="qa", prompt="Tell me a long story about a brave dragon.",
-                                  checkpoint=checkpoint, max_tokens=72, temperature=0.0)
-        response = page.goto(f"{web.url}/jobs/{job.pk}/")
-        assert 'id="job-waiting" data-part="waiting" class="waiting">Waiting for the model' in response.text()
-
-        expect(page.locator("#job-output")).not_to_have_text("", timeout=120_000)
-        expect(page.locator("#job-waiting")).to_be_hidden()
-        expect(page.locator("#job-live")).to_be_visible()
-        tokens = page.locator("#job-live [data-stat=live-tokens]")
-        first_count = int(tokens.inner_text())
-        first_elapsed = page.locator("#job-live [data-stat=live-elapsed]").inner_text()
-        page.wait_for_function(
-            "n => +document.querySelector('#job-live [data-stat=live-tokens]').textContent > n + 3", arg=first_count)
-        expect(page.locator("#job-live [data-stat=live-elapsed]")).not_to_have_text(first_elapsed)
-        expect(page.locator("#job-live [data-stat=live-tps]")).to_have_text(re.compile(r"^\d+\.\d$"))
-        expect(page.locator("#stat-ttft-user")).to_have_text(re.compile(r"^\d+\.\d\d s$"))
-        assert Job.objects.get(pk=job.pk).status == Job.Status.RUNNING  # all of it while the job ran
-        expect(page.locator("#job-output")).to_have_attribute("aria-busy", "true")
-        snap(page, "job-streaming-1280-light", full_page=False)
-
-        # Stopping it (the run would take long on a busy machine) ends the live view with the stored job.
-        page.click("#stop-button")
-        expect(page.locator("#job-status")).to_have_text("Cancelled", timeout=30_000)
-        expect(page.locator("#job-finish")).to_have_text("Stopped by you.")
-        expect(page.locator("#job-live")).to_be_hidden()
-        expect(page.locator("#job-output")).to_have_attribute("aria-busy", "false")
-        expect(page.locator("#continue-form")).to_be_hidden()
-        job.refresh_from_db()
-        # The user's wait (from sending) includes the engine's.
-        expect(page.locator("#stat-ttft")).to_have_text(f"{job.ttft():.2f} s")
-        expect(page.locator("#stat-ttft-user")).to_have_text(f"{job.ttft_from_submission():.2f} s")
-        assert job.ttft_from_submission() >= job.ttft()
-        assert violations == []
-
-
-def test_an_answer_cut_at_the_token_limit_says_so_and_continue_extends_it(web, checkpoint, worker, owner):
-    wait_until_resident(worker)
-    with browser_page() as page:
-        sign_in(page, web.url)
-        job = services.job_create(owner=owner, task="code", prompt="Write a Python function that sorts a list "
-                                  "with bubble sort, with comments.", options={"language": "python"},
-                                  checkpoint=checkpoint, max_tokens=12, temperature=0.0)
-        page.goto(f"{web.url}/jobs/{job.pk}/")
-        expect(page.locator("#job-status")).to_have_text("Succeeded", timeout=120_000)
-        expect(page.locator("#job-finish")).to_have_text("Stopped at the token limit.")
-        expect(page.locator("#continue-button")).to_be_visible()
-        job.refresh_from_db()
-        assert job.finish_reason == "length" and job.output
-
-        page.click("#continue-button")
-        page.wait_for_url(re.compile(rf"/jobs/(?!{job.pk}/)\d+/$"))
-        new = Job.objects.get(options__continues=job.pk)
-        assert page.url.endswith(f"/jobs/{new.pk}/")
-        expect(page.locator("#job-status")).to_have_text("Succeeded", timeout=120_000)
-        new.refresh_from_db()
-        assert new.output and new.options["messages"][-2] == {"role": "assistant", "content": job.output}
-        # The page shows one answer: the old text, then the new; and it is longer than before.
-        raw = page.locator("#job").get_attribute("data-raw")
-        assert raw == job.output + new.output and len(raw) > len(job.output)
-        rendered = page.locator("#job-output").inner_text()
-        assert job.output.split()[0] in rendered and len(rendered.strip()) > len(job.output.strip()) / 2
-        expect(page.get_by_text(f"Continues job {job.pk}")).to_be_visible()
-
-
 def test_copy_buttons_put_the_code_and_the_whole_answer_on_the_clipboard(web, owner, checkpoint):
     job = finished_job(owner, checkpoint)
     with browser_page(clipboard=True) as page:
@@ -225,3 +156,72 @@ def test_screenshots(web, owner, checkpoint):
                         page.evaluate("window.scrollTo(0, 0)")
                     snap(page, f"{name}-{width}-{scheme}")
                 assert violations == []
+
+
+def test_the_waiting_notice_gives_way_to_the_first_token_and_the_counters_move(web, checkpoint, worker, owner):
+    wait_until_resident(worker)
+    with browser_page() as page:
+        violations = watch_violations(page)
+        sign_in(page, web.url)
+        job = services.job_create(owner=owner, task="qa", prompt="Tell me a long story about a brave dragon.",
+                                  checkpoint=checkpoint, max_tokens=72, temperature=0.0)
+        response = page.goto(f"{web.url}/jobs/{job.pk}/")
+        assert 'id="job-waiting" data-part="waiting" class="waiting">Waiting for the model' in response.text()
+
+        expect(page.locator("#job-output")).not_to_have_text("", timeout=120_000)
+        expect(page.locator("#job-waiting")).to_be_hidden()
+        expect(page.locator("#job-live")).to_be_visible()
+        tokens = page.locator("#job-live [data-stat=live-tokens]")
+        first_count = int(tokens.inner_text())
+        first_elapsed = page.locator("#job-live [data-stat=live-elapsed]").inner_text()
+        page.wait_for_function(
+            "n => +document.querySelector('#job-live [data-stat=live-tokens]').textContent > n + 3", arg=first_count)
+        expect(page.locator("#job-live [data-stat=live-elapsed]")).not_to_have_text(first_elapsed)
+        expect(page.locator("#job-live [data-stat=live-tps]")).to_have_text(re.compile(r"^\d+\.\d$"))
+        expect(page.locator("#stat-ttft-user")).to_have_text(re.compile(r"^\d+\.\d\d s$"))
+        assert Job.objects.get(pk=job.pk).status == Job.Status.RUNNING  # all of it while the job ran
+        expect(page.locator("#job-output")).to_have_attribute("aria-busy", "true")
+        snap(page, "job-streaming-1280-light", full_page=False)
+
+        # Stopping it (the run would take long on a busy machine) ends the live view with the stored job.
+        page.click("#stop-button")
+        expect(page.locator("#job-status")).to_have_text("Cancelled", timeout=30_000)
+        expect(page.locator("#job-finish")).to_have_text("Stopped by you.")
+        expect(page.locator("#job-live")).to_be_hidden()
+        expect(page.locator("#job-output")).to_have_attribute("aria-busy", "false")
+        expect(page.locator("#continue-form")).to_be_hidden()
+        job.refresh_from_db()
+        # The user's wait (from sending) includes the engine's.
+        expect(page.locator("#stat-ttft")).to_have_text(f"{job.ttft():.2f} s")
+        expect(page.locator("#stat-ttft-user")).to_have_text(f"{job.ttft_from_submission():.2f} s")
+        assert job.ttft_from_submission() >= job.ttft()
+        assert violations == []
+
+
+def test_an_answer_cut_at_the_token_limit_says_so_and_continue_extends_it(web, checkpoint, worker, owner):
+    wait_until_resident(worker)
+    with browser_page() as page:
+        sign_in(page, web.url)
+        job = services.job_create(owner=owner, task="code", prompt="Write a Python function that sorts a list "
+                                  "with bubble sort, with comments.", options={"language": "python"},
+                                  checkpoint=checkpoint, max_tokens=12, temperature=0.0)
+        page.goto(f"{web.url}/jobs/{job.pk}/")
+        expect(page.locator("#job-status")).to_have_text("Succeeded", timeout=120_000)
+        expect(page.locator("#job-finish")).to_have_text("Stopped at the token limit.")
+        expect(page.locator("#continue-button")).to_be_visible()
+        job.refresh_from_db()
+        assert job.finish_reason == "length" and job.output
+
+        page.click("#continue-button")
+        page.wait_for_url(re.compile(rf"/jobs/(?!{job.pk}/)\d+/$"))
+        new = Job.objects.get(options__continues=job.pk)
+        assert page.url.endswith(f"/jobs/{new.pk}/")
+        expect(page.locator("#job-status")).to_have_text("Succeeded", timeout=120_000)
+        new.refresh_from_db()
+        assert new.output and new.options["messages"][-2] == {"role": "assistant", "content": job.output}
+        # The page shows one answer: the old text, then the new; and it is longer than before.
+        raw = page.locator("#job").get_attribute("data-raw")
+        assert raw == job.output + new.output and len(raw) > len(job.output)
+        rendered = page.locator("#job-output").inner_text()
+        assert job.output.split()[0] in rendered and len(rendered.strip()) > len(job.output.strip()) / 2
+        expect(page.get_by_text(f"Continues job {job.pk}")).to_be_visible()

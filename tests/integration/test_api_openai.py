@@ -34,6 +34,76 @@ def client(web, secret) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{web.url}/v1", api_key=secret, max_retries=0, timeout=120)
 
 
+def test_it_answers_401_for_a_missing_or_revoked_key(web, secret, model_name, owner):
+    bad = openai.OpenAI(base_url=f"{web.url}/v1", api_key="sk-nope", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as error:
+        bad.models.list()
+    assert error.value.status_code == 401 and error.value.code == "invalid_api_key"
+    key = owner.api_keys.get()
+    services.api_key_revoke(key=key)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{web.url}/v1", api_key=secret, max_retries=0).models.list()
+    assert httpx.get(f"{web.url}/v1/models").status_code == 401
+
+
+def test_it_answers_bad_requests_with_json_under_uvicorn(web, secret, model_name):
+    auth = {"Authorization": f"Bearer {secret}"}
+    chat = {"model": model_name, "messages": [{"role": "user", "content": "hi"}]}
+    cases = [
+        (413, "request_too_large", {"json": {**chat, "messages": [{"role": "user", "content": "x" * 3_000_000}]}}),
+        (415, "unsupported_media_type", {"content": b"{}", "headers": {"Content-Type": "text/plain"}}),
+        (400, "invalid_json", {"content": b"[" * 20_000 + b"]" * 20_000,
+                               "headers": {"Content-Type": "application/json"}}),
+    ]
+    for status, code, request in cases:
+        response = httpx.post(f"{web.url}/v1/chat/completions", timeout=60,
+                              **{**request, "headers": {**auth, **request.get("headers", {})}})
+        assert (response.status_code, response.headers["content-type"]) == (status, "application/json")
+        assert response.json()["error"]["code"] == code
+    response = httpx.get(f"{web.url}/v1/embeddings", headers=auth)
+    assert response.status_code == 404 and response.json()["error"]["code"] == "unknown_url"
+
+
+def test_it_answers_503_when_no_worker_is_alive(client, model_name):
+    redis_client.client().delete(registry.WORKERS_KEY)
+    with pytest.raises(openai.InternalServerError) as error:
+        client.completions.create(model=model_name, prompt="hi", max_tokens=4)
+    assert error.value.status_code == 503 and error.value.response.headers["retry-after"] == "10"
+    assert Job.objects.count() == 0
+
+
+@pytest.fixture
+def hasty_worker(transactional_db, checkpoint):
+    """A real worker whose jobs may run for 1 s (JOB_TIME_LIMIT_S), once it holds the model."""
+    from django.db import connection
+
+    redis_client.client().flushdb()
+    process = WorkerProcess(database_url(connection.settings_dict), name="worker1", env={"JOB_TIME_LIMIT_S": "1"})
+    process.start()
+    deadline = time.monotonic() + 180
+    while "is resident" not in process.log():
+        assert time.monotonic() < deadline, process.log()
+        time.sleep(0.2)
+    yield process
+    process.stop()
+
+
+def test_it_answers_a_job_that_ran_out_of_time_once_without_retries(web, secret, model_name, owner, hasty_worker):
+    # The official client with its default retries (2): a 5xx without x-should-retry: false would make 3 jobs.
+    client = openai.OpenAI(base_url=f"{web.url}/v1", api_key=secret, timeout=120)
+    assert client.max_retries == 2
+    started = time.monotonic()
+    with pytest.raises(openai.InternalServerError) as error:
+        client.completions.create(model=model_name, prompt="1, 2, 3, 4, 5,", max_tokens=1000, temperature=0)
+    assert error.value.status_code == 504 and error.value.code == "job_failed"
+    assert error.value.response.headers["x-should-retry"] == "false"
+    assert "time limit exceeded" in error.value.message
+    job = Job.objects.get(owner=owner)  # exactly one job: the client did not try again
+    assert (job.status, job.finish_reason) == (Job.Status.FAILED, "timeout")
+    assert error.value.response.headers["x-job-ids"] == str(job.pk)
+    assert time.monotonic() - started < 30  # no retry back-off was waited either
+
+
 def test_it_lists_ready_models(client, model_name, worker):
     ids = [model.id for model in client.models.list()]
     assert ids == [model_name]
@@ -95,18 +165,6 @@ def test_it_completes_a_raw_prompt_and_stops_at_a_stop_string(client, model_name
     assert reply.choices[0].finish_reason == "stop"
 
 
-def test_it_answers_401_for_a_missing_or_revoked_key(web, secret, model_name, owner):
-    bad = openai.OpenAI(base_url=f"{web.url}/v1", api_key="sk-nope", max_retries=0)
-    with pytest.raises(openai.AuthenticationError) as error:
-        bad.models.list()
-    assert error.value.status_code == 401 and error.value.code == "invalid_api_key"
-    key = owner.api_keys.get()
-    services.api_key_revoke(key=key)
-    with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=f"{web.url}/v1", api_key=secret, max_retries=0).models.list()
-    assert httpx.get(f"{web.url}/v1/models").status_code == 401
-
-
 def test_it_answers_404_for_an_unknown_model(client, worker):
     with pytest.raises(openai.NotFoundError) as error:
         client.chat.completions.create(model="gpt-7", messages=[{"role": "user", "content": "hi"}])
@@ -120,6 +178,8 @@ BAD_PARAMETERS = [
     ({"max_tokens": "many"}, "max_tokens"),
     ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ({"messages": []}, "messages"),
+
+
 ]
 
 
@@ -153,14 +213,6 @@ def test_it_answers_429_when_the_user_has_too_many_unfinished_jobs(client, model
     assert error.value.status_code == 429 and error.value.response.headers["retry-after"] == "5"
 
 
-def test_it_answers_503_when_no_worker_is_alive(client, model_name):
-    redis_client.client().delete(registry.WORKERS_KEY)
-    with pytest.raises(openai.InternalServerError) as error:
-        client.completions.create(model=model_name, prompt="hi", max_tokens=4)
-    assert error.value.status_code == 503 and error.value.response.headers["retry-after"] == "10"
-    assert Job.objects.count() == 0
-
-
 def test_it_cancels_the_job_when_the_client_disconnects_mid_stream(web, secret, model_name, owner, warm_worker,
                                                                    wait_for_job):
     body = {"model": model_name, "prompt": "Once upon a time", "max_tokens": 64, "temperature": 0, "stream": True}
@@ -178,38 +230,6 @@ def test_it_cancels_the_job_when_the_client_disconnects_mid_stream(web, secret, 
     job = wait_for_job(job_id, until=lambda job: job.finish_reason == "cancelled", timeout_s=60)
     assert job.status == Job.Status.CANCELLED
     assert job.output and job.completion_tokens < 64
-
-
-@pytest.fixture
-def hasty_worker(transactional_db, checkpoint):
-    """A real worker whose jobs may run for 1 s (JOB_TIME_LIMIT_S), once it holds the model."""
-    from django.db import connection
-
-    redis_client.client().flushdb()
-    process = WorkerProcess(database_url(connection.settings_dict), name="worker1", env={"JOB_TIME_LIMIT_S": "1"})
-    process.start()
-    deadline = time.monotonic() + 180
-    while "is resident" not in process.log():
-        assert time.monotonic() < deadline, process.log()
-        time.sleep(0.2)
-    yield process
-    process.stop()
-
-
-def test_it_answers_a_job_that_ran_out_of_time_once_without_retries(web, secret, model_name, owner, hasty_worker):
-    # The official client with its default retries (2): a 5xx without x-should-retry: false would make 3 jobs.
-    client = openai.OpenAI(base_url=f"{web.url}/v1", api_key=secret, timeout=120)
-    assert client.max_retries == 2
-    started = time.monotonic()
-    with pytest.raises(openai.InternalServerError) as error:
-        client.completions.create(model=model_name, prompt="1, 2, 3, 4, 5,", max_tokens=1000, temperature=0)
-    assert error.value.status_code == 504 and error.value.code == "job_failed"
-    assert error.value.response.headers["x-should-retry"] == "false"
-    assert "time limit exceeded" in error.value.message
-    job = Job.objects.get(owner=owner)  # exactly one job: the client did not try again
-    assert (job.status, job.finish_reason) == (Job.Status.FAILED, "timeout")
-    assert error.value.response.headers["x-job-ids"] == str(job.pk)
-    assert time.monotonic() - started < 30  # no retry back-off was waited either
 
 
 def test_it_answers_a_repeated_idempotency_key_with_the_first_jobs_reply(client, model_name, owner, warm_worker):
@@ -232,24 +252,6 @@ def test_it_answers_a_repeated_idempotency_key_with_the_first_jobs_reply(client,
     replay = client.chat.completions.create(**request, stream=True, extra_headers={"Idempotency-Key": "k-2"})
     assert "".join(chunk.choices[0].delta.content or "" for chunk in replay if chunk.choices) == streamed
     assert Job.objects.filter(owner=owner).count() == 2
-
-
-def test_it_answers_bad_requests_with_json_under_uvicorn(web, secret, model_name):
-    auth = {"Authorization": f"Bearer {secret}"}
-    chat = {"model": model_name, "messages": [{"role": "user", "content": "hi"}]}
-    cases = [
-        (413, "request_too_large", {"json": {**chat, "messages": [{"role": "user", "content": "x" * 3_000_000}]}}),
-        (415, "unsupported_media_type", {"content": b"{}", "headers": {"Content-Type": "text/plain"}}),
-        (400, "invalid_json", {"content": b"[" * 20_000 + b"]" * 20_000,
-                               "headers": {"Content-Type": "application/json"}}),
-    ]
-    for status, code, request in cases:
-        response = httpx.post(f"{web.url}/v1/chat/completions", timeout=60,
-                              **{**request, "headers": {**auth, **request.get("headers", {})}})
-        assert (response.status_code, response.headers["content-type"]) == (status, "application/json")
-        assert response.json()["error"]["code"] == code
-    response = httpx.get(f"{web.url}/v1/embeddings", headers=auth)
-    assert response.status_code == 404 and response.json()["error"]["code"] == "unknown_url"
 
 
 def test_it_gives_token_logprobs_plain_and_streamed(client, model_name, owner, warm_worker):

@@ -52,6 +52,15 @@ def create_job(owner, checkpoint, **fields) -> Job:
     return services.job_create(**values)
 
 
+def test_it_answers_404_to_another_users_stream(web, owner, other, checkpoint):
+    job = Job.objects.create(owner=owner, task="qa", prompt="x", checkpoint=checkpoint)
+    client = Client()
+    client.force_login(other)
+    response = httpx.get(f"{web.url}/jobs/{job.pk}/stream", cookies={"sessionid": client.cookies["sessionid"].value})
+    assert response.status_code == 404
+    assert httpx.get(f"{web.url}/jobs/{job.pk}/stream").status_code == 302
+
+
 def test_it_streams_the_whole_text_to_50_concurrent_clients(web, warm_worker, owner, checkpoint, session_cookie):
     job = create_job(owner, checkpoint)
     url = f"{web.url}/jobs/{job.pk}/stream"
@@ -63,15 +72,6 @@ def test_it_streams_the_whole_text_to_50_concurrent_clients(web, warm_worker, ow
     assert all(end["output"] == job.output and end["status"] == "succeeded" for _, end in results)
     # A page opened after the end replays the stream as well.
     assert read_sse(url, session_cookie)[0] == job.output
-
-
-def test_it_answers_404_to_another_users_stream(web, owner, other, checkpoint):
-    job = Job.objects.create(owner=owner, task="qa", prompt="x", checkpoint=checkpoint)
-    client = Client()
-    client.force_login(other)
-    response = httpx.get(f"{web.url}/jobs/{job.pk}/stream", cookies={"sessionid": client.cookies["sessionid"].value})
-    assert response.status_code == 404
-    assert httpx.get(f"{web.url}/jobs/{job.pk}/stream").status_code == 302
 
 
 def test_it_stops_a_running_job_within_a_decode_step_keeping_its_text(warm_worker, owner, checkpoint,
