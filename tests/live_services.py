@@ -184,6 +184,15 @@ def _stop_shared_web() -> None:
         _shared_web = None
 
 
+@pytest.fixture(scope="session")
+def shared_processes(django_db_setup) -> Iterator[None]:
+    """Stops the shared worker and site before the test database is dropped (PostgreSQL refuses to drop a
+    database that other sessions are connected to)."""
+    yield
+    _stop_shared_worker()
+    _stop_shared_web()
+
+
 @pytest.fixture(autouse=True)
 def only_requested_processes(request: pytest.FixtureRequest) -> None:
     """A test that does not ask for the shared worker (or site) runs without it: none of its jobs is taken by a
@@ -195,7 +204,7 @@ def only_requested_processes(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture
-def worker(transactional_db) -> Iterator[WorkerProcess]:
+def worker(transactional_db, shared_processes) -> Iterator[WorkerProcess]:
     """A real worker (`worker1`, the default checkpoint preloaded) against an empty queue, so that no other
     test's messages reach it and it takes none of theirs. Consecutive tests that ask for it share one process:
     after a test its queues are emptied and it must be idle within 30 s (else it is stopped, and the next test
@@ -261,7 +270,7 @@ class WebProcess:
 
 
 @pytest.fixture
-def web(transactional_db) -> WebProcess:
+def web(transactional_db, shared_processes) -> WebProcess:
     """The site under uvicorn, shared by consecutive tests that ask for it (it keeps no state of its own: the
     database and Redis hold it all)."""
     global _shared_web
