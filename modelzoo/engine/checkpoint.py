@@ -12,7 +12,6 @@ import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -75,7 +74,7 @@ def inspect_checkpoint(path: str | Path) -> CheckpointInfo:
 def _inspect_cached(path: str, size: int, mtime_ns: int) -> CheckpointInfo:
     fmt = checkpoint_format(path)
     if fmt == "gguf":
-        return _inspect_gguf(Path(path))[0]
+        return _inspect_gguf(Path(path))
     return _inspect_safetensors(Path(path))
 
 
@@ -88,10 +87,10 @@ def _special_token_texts(tokenizer: Tokenizer) -> dict[str, str]:
     return texts
 
 
-def _inspect_gguf(path: Path) -> tuple[CheckpointInfo, Any]:
-    reader = gguf_format.open_reader(path)
-    meta = gguf_format.read_metadata(reader)
-    names = {t.name for t in reader.tensors}
+def _inspect_gguf(path: Path) -> CheckpointInfo:
+    file = gguf_format.open_gguf(path)
+    meta = gguf_format.read_metadata(file)
+    names = {t.name for t in file.header.tensors}
     config = ModelConfig(
         **gguf_format.config_kwargs(meta),
         tie_embeddings="output.weight" not in names,
@@ -111,10 +110,10 @@ def _inspect_gguf(path: Path) -> tuple[CheckpointInfo, Any]:
         chat_template=ChatTemplate(template_source(meta.get("tokenizer.chat_template"),
                                                    key="GGUF key 'tokenizer.chat_template'"), special_tokens=special),
         format="gguf",
-        quantization=gguf_format.quantization_name(reader),
-        parameter_count=gguf_format.parameter_count(reader),
+        quantization=gguf_format.quantization_name(file),
+        parameter_count=gguf_format.parameter_count(file),
     )
-    return info, reader
+    return info
 
 
 def _inspect_safetensors(directory: Path) -> CheckpointInfo:
@@ -227,10 +226,10 @@ def _load_in_a_throwaway_thread(
     cfg = info.config
     dtype = dtype or default_dtype(dev, quantization)
     if info.format == "gguf":
-        reader = gguf_format.open_reader(path)
-        tensors = gguf_format.iter_tensors(reader, arch=cfg.arch, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads)
+        file = gguf_format.open_gguf(path)
+        tensors = gguf_format.iter_tensors(file, arch=cfg.arch, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads)
         state = assemble(tensors, cfg, quantization=quantization, dtype=dtype, file_name=gguf_format.file_name)
-        del reader, tensors
+        del file, tensors
     else:
         from . import safetensors_format
 

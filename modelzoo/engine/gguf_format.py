@@ -1,22 +1,23 @@
 """GGUF adapter: metadata (config, tokenizer, chat template) and tensors (state dict).
 
-Everything goes through the `gguf` package: its memory-mapping reader and its
-dequantizers. Reading metadata touches no tensor data. The reader trusts the header's
-counts, so a file reaches it only after headers.scan_gguf has checked them against the
-file's size. numpy and torch are imported where tensors are read: the metadata functions
-run in validation before torch is imported.
+The header (metadata and tensor table) is read by headers.scan_gguf, which checks every
+count against the file's size; tensor data is read from a memory map and dequantized by
+the `gguf` package's dequantizers. Reading metadata touches no tensor data. numpy and
+torch are imported where tensors are read: the metadata functions run in validation
+before torch is imported.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import number
 from .errors import CheckpointError
-from .headers import scan_gguf
+from .headers import Header, scan_gguf
 
 if TYPE_CHECKING:
     import torch
@@ -34,25 +35,21 @@ def is_gguf(path: str | Path) -> bool:
         return f.read(4) == GGUF_MAGIC
 
 
-def open_reader(path: str | Path) -> Any:
-    """The gguf package's reader, once the header's counts are known to fit the file."""
-    import gguf
+@dataclass(frozen=True)
+class GGUFFile:
+    """A GGUF file's checked header: its metadata (arrays included) and tensor table."""
 
-    scan_gguf(path)
-    try:
-        return gguf.GGUFReader(str(path), "r")
-    except (ValueError, KeyError, IndexError) as error:  # what the scan does not model, in the reader's words
-        raise CheckpointError(f"the gguf reader cannot read {Path(path).name}: {error}") from None
+    path: Path
+    header: Header
 
 
-def read_metadata(reader: Any) -> dict[str, Any]:
+def open_gguf(path: str | Path) -> GGUFFile:
+    return GGUFFile(Path(path), scan_gguf(path, keep_arrays=True))
+
+
+def read_metadata(file: GGUFFile) -> dict[str, Any]:
     """All key/value fields as plain Python values (str, int, float, bool, lists)."""
-    meta: dict[str, Any] = {}
-    for name, field in reader.fields.items():
-        if name.startswith("GGUF."):
-            continue
-        meta[name] = field.contents()
-    return meta
+    return dict(file.header.kv)
 
 
 def architecture(meta: dict[str, Any]) -> str:
@@ -99,17 +96,17 @@ def special_token_ids(meta: dict[str, Any]) -> dict[str, Any]:
     return {f"GGUF key {k!r}": meta[k] for k in SPECIAL_TOKEN_KEYS if k in meta}
 
 
-def quantization_name(reader: Any) -> str:
+def quantization_name(file: GGUFFile) -> str:
     """The dominant quantization of the 2-D weights (e.g. "Q4_1"), from the tensor table."""
     counts: dict[str, int] = {}
-    for t in reader.tensors:
+    for t in file.header.tensors:
         if len(t.shape) >= 2:
-            counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + int(t.n_elements)
+            counts[t.dtype] = counts.get(t.dtype, 0) + t.n_elements
     return max(counts, key=counts.__getitem__) if counts else "F32"
 
 
-def parameter_count(reader: Any) -> int:
-    return int(sum(int(t.n_elements) for t in reader.tensors))
+def parameter_count(file: GGUFFile) -> int:
+    return file.header.n_elements
 
 
 # --- tensors -----------------------------------------------------------------
@@ -175,7 +172,7 @@ PERMUTED_ROPE_ARCHS = frozenset({"llama", "mistral", "granite"})
 _ROTARY_SUFFIXES = ("attention.wq.weight", "attention.wq.bias", "attention.wk.weight", "attention.wk.bias")
 
 
-def iter_tensors(reader: Any, *, arch: str, n_heads: int, n_kv_heads: int) -> Iterator[tuple[str, torch.Tensor]]:
+def iter_tensors(file: GGUFFile, *, arch: str, n_heads: int, n_kv_heads: int) -> Iterator[tuple[str, torch.Tensor]]:
     """(our name, float32 tensor) one at a time in file order, dequantized and q/k un-permuted.
 
     One at a time so a loader can fuse and quantize layer by layer without holding
@@ -185,16 +182,19 @@ def iter_tensors(reader: Any, *, arch: str, n_heads: int, n_kv_heads: int) -> It
     """
     import numpy as np
     import torch
+    from gguf.constants import GGMLQuantizationType
     from gguf.quants import dequantize
 
     unpermute = arch in PERMUTED_ROPE_ARCHS
-    for t in reader.tensors:
+    data = np.memmap(file.path, dtype=np.uint8, mode="r").view(np.ndarray)  # a plain array: slices stay cheap
+    for t in file.header.tensors:
         name = _our_name(t.name)
-        array = dequantize(t.data, t.tensor_type)  # numpy, shape reversed from GGUF's (ne0 fastest)
+        declared = tuple(reversed(t.shape))  # numpy's order (GGUF lists ne0, the fastest, first)
+        rows = data[t.begin:t.end].reshape(*declared[:-1], -1)  # each row's blocks as bytes
+        array = dequantize(rows, GGMLQuantizationType[t.dtype])
         # F32 tensors come back as read-only views of the memory map: copy those.
         tensor = torch.from_numpy(np.array(array, dtype=np.float32, copy=not array.flags.writeable))
-        del array
-        declared = tuple(int(n) for n in reversed(t.shape))
+        del rows, array
         if tuple(tensor.shape) != declared:
             raise CheckpointError(
                 f"tensor {t.name!r} holds data of shape {tuple(tensor.shape)}; its header declares {declared}"
@@ -206,10 +206,10 @@ def iter_tensors(reader: Any, *, arch: str, n_heads: int, n_kv_heads: int) -> It
         yield name, tensor
 
 
-def read_state_dict(reader: Any, *, arch: str, n_heads: int, n_kv_heads: int) -> dict[str, torch.Tensor]:
+def read_state_dict(file: GGUFFile, *, arch: str, n_heads: int, n_kv_heads: int) -> dict[str, torch.Tensor]:
     """Every tensor dequantized to float32, renamed to our module names, q/k un-permuted."""
     state: dict[str, torch.Tensor] = {}
-    for name, tensor in iter_tensors(reader, arch=arch, n_heads=n_heads, n_kv_heads=n_kv_heads):
+    for name, tensor in iter_tensors(file, arch=arch, n_heads=n_heads, n_kv_heads=n_kv_heads):
         if name in state:
             raise CheckpointError(f"duplicate tensor name {file_name(name)!r}")
         state[name] = tensor

@@ -5,6 +5,8 @@ offsets; safetensors: the header length, each tensor's byte range). A reader tha
 loops by what the file says: `gguf.GGUFReader` walks a declared array element by element, so a 57-byte file
 declaring 2^62 elements never finishes. Here every count is checked against what the file can hold (its size)
 before anything is read by it, and the scan itself reads through a memory map without allocating by any count.
+For GGUF the scan is also the reader of the metadata (gguf_format.open_gguf keeps its arrays): a vocabulary
+is read in a fraction of a second, where `gguf.GGUFReader` made a numpy array of every element (seconds).
 
 Standard library only (and the `gguf` package's constants): validation runs these scans before it imports
 torch, so a hostile header is rejected in a fraction of a second. Every failure is a CheckpointError naming the
@@ -29,7 +31,7 @@ GGUF_DEFAULT_ALIGNMENT = 32
 #: a 405B model has ~1,100 tensors and ~50 keys; a 262k vocabulary with scores, types and merges ~1.3M elements.
 MAX_GGUF_TENSORS = 1 << 16
 MAX_GGUF_KEYS = 1 << 16
-MAX_GGUF_ARRAY_ELEMENTS = 1 << 22  # in all arrays together (the gguf reader walks them one by one)
+MAX_GGUF_ARRAY_ELEMENTS = 1 << 22  # in all arrays together (walked one by one)
 MAX_GGUF_ARRAY_DEPTH = 2  # an array of arrays, no deeper
 MAX_GGUF_KEY_BYTES = 1 << 16
 MAX_TENSOR_NAME_BYTES = 256
@@ -88,7 +90,7 @@ class Header:
 
     path: Path
     size: int  # bytes of the file
-    kv: dict[str, Any] = field(default_factory=dict)  # GGUF: scalars and strings as values, arrays as GGUFArray
+    kv: dict[str, Any] = field(default_factory=dict)  # GGUF: scalars and strings; arrays as GGUFArray or lists
     tensors: list[TensorEntry] = field(default_factory=list)
 
     @property
@@ -144,11 +146,13 @@ def _mapped(path: Path) -> tuple[Any, int]:
         return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), size
 
 
-def scan_gguf(path: str | Path) -> Header:
-    """Check a GGUF file's header against its size; the keys' scalar and string values and the tensor table.
+def scan_gguf(path: str | Path, *, keep_arrays: bool = False) -> Header:
+    """Check a GGUF file's header against its size; the keys' values and the tensor table.
 
-    Arrays are walked (strings have lengths to skip) but not kept; their total element count is bounded by
-    MAX_GGUF_ARRAY_ELEMENTS, and each declared count by the bytes left in the file."""
+    Arrays are walked (strings have lengths to skip) and kept as lists with `keep_arrays`, else as GGUFArray;
+    their total element count is bounded by MAX_GGUF_ARRAY_ELEMENTS, and each declared count by the bytes left
+    in the file. Keeping them is how the loader reads a vocabulary: a few hundred milliseconds where the gguf
+    package's reader, which makes a numpy array of every element, took seconds."""
     from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
     path = Path(path)
@@ -182,7 +186,7 @@ def scan_gguf(path: str | Path) -> Header:
             if key in header.kv:
                 raise CheckpointError(f"GGUF key {key!r} appears twice")
             value_type = cur.scalar("I", f"the type of GGUF key {key!r}")
-            header.kv[key] = _value(cur, value_type, key, budget, depth=0)
+            header.kv[key] = _value(cur, value_type, key, budget, depth=0, keep=keep_arrays)
         alignment = header.kv.get("general.alignment", GGUF_DEFAULT_ALIGNMENT)
         if not isinstance(alignment, int) or isinstance(alignment, bool) or alignment <= 0 \
                 or alignment & (alignment - 1) or alignment > 1 << 16:
@@ -237,7 +241,7 @@ def scan_gguf(path: str | Path) -> Header:
             data.close()
 
 
-def _value(cur: _Cursor, value_type: int, key: str, budget: list[int], *, depth: int) -> Any:
+def _value(cur: _Cursor, value_type: int, key: str, budget: list[int], *, depth: int, keep: bool) -> Any:
     if value_type in _SCALARS:
         return cur.scalar(_SCALARS[value_type], f"the value of GGUF key {key!r}")
     if value_type == _STRING:
@@ -256,23 +260,33 @@ def _value(cur: _Cursor, value_type: int, key: str, budget: list[int], *, depth:
     if budget[0] < 0:
         raise CheckpointError(f"GGUF key {key!r} declares {quantity(length)} array elements; the header may hold "
                               f"at most {MAX_GGUF_ARRAY_ELEMENTS} in all its arrays")
+    items: list[Any] = []
     if item_type in _SCALARS:
+        if keep:
+            items = list(struct.unpack_from(f"{cur.endian}{length}{_SCALARS[item_type]}", cur.data, cur.pos))
         cur.skip(length * item_bytes, f"the elements of GGUF key {key!r}")
     elif item_type == _STRING:  # a vocabulary: ~100k strings, so the loop is kept lean
         length_of = struct.Struct(cur.endian + "Q").unpack_from
         data, size, pos = cur.data, cur.size, cur.pos
         for index in range(length):
-            if pos + 8 > size or pos + 8 + length_of(data, pos)[0] > size:
+            n = length_of(data, pos)[0] if pos + 8 <= size else size
+            if pos + 8 + n > size:
                 cur.pos = pos
                 cur.string(f"element {index} of GGUF key {key!r}", keep=False)  # raises, saying which bound
-            pos += 8 + length_of(data, pos)[0]
+            if keep:
+                try:
+                    items.append(data[pos + 8:pos + 8 + n].decode("utf-8"))
+                except UnicodeDecodeError:
+                    raise CheckpointError(f"element {index} of GGUF key {key!r} is not UTF-8 text "
+                                          f"({data[pos + 8:pos + 8 + min(n, 40)]!r})") from None
+            pos += 8 + n
         cur.pos = pos
     else:  # each element is itself an array: element type, count, elements
         if depth + 1 >= MAX_GGUF_ARRAY_DEPTH:
             raise CheckpointError(f"GGUF key {key!r} nests arrays deeper than {MAX_GGUF_ARRAY_DEPTH}")
         for _ in range(length):
-            _value(cur, _ARRAY, key, budget, depth=depth + 1)
-    return GGUFArray(item_type, length)
+            items.append(_value(cur, _ARRAY, key, budget, depth=depth + 1, keep=keep))
+    return items if keep else GGUFArray(item_type, length)
 
 
 def _check_no_overlap(tensors: list[TensorEntry], file: str) -> None:

@@ -4,6 +4,7 @@ the token limit says so and Continue extends it; copy buttons fill the clipboard
 streaming stays sanitized; a rating is stored and the history filters by it. With LLMSITE_SCREENSHOTS set,
 test_screenshots saves the pages at 390 and 1280 px, light and dark."""
 import re
+import time
 
 import pytest
 from django.utils import timezone
@@ -190,7 +191,12 @@ def test_the_waiting_notice_gives_way_to_the_first_token_and_the_counters_move(w
         expect(page.locator("#job-live")).to_be_hidden()
         expect(page.locator("#job-output")).to_have_attribute("aria-busy", "false")
         expect(page.locator("#continue-form")).to_be_hidden()
-        job.refresh_from_db()
+        # The page says Cancelled at once; the worker then saves its last words (and the first token's time, which
+        # a run stopped within its first progress save has not stored yet) and the stream's end brings them.
+        deadline = time.monotonic() + 60
+        while (job := Job.objects.get(pk=job.pk)).finish_reason != "cancelled":
+            assert time.monotonic() < deadline, "the worker did not save the stopped job"
+            time.sleep(0.2)
         # The user's wait (from sending) includes the engine's.
         expect(page.locator("#stat-ttft")).to_have_text(f"{job.ttft():.2f} s")
         expect(page.locator("#stat-ttft-user")).to_have_text(f"{job.ttft_from_submission():.2f} s")

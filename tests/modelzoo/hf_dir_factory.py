@@ -26,8 +26,8 @@ def hf_name(ours: str) -> str:
 def write_hf_dir(gguf_path: Path, directory: Path) -> Path:
     info = inspect_checkpoint(gguf_path)
     cfg = info.config
-    reader = gguf_format.open_reader(gguf_path)
-    state = gguf_format.read_state_dict(reader, arch=cfg.arch, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads)
+    file = gguf_format.open_gguf(gguf_path)
+    state = gguf_format.read_state_dict(file, arch=cfg.arch, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads)
     directory.mkdir(parents=True, exist_ok=True)
     save_file({hf_name(name): tensor.contiguous() for name, tensor in state.items()},
               str(directory / "model.safetensors"))
