@@ -41,6 +41,7 @@ from .checkpoint import LoadedCheckpoint
 from .model import KVCache, Step
 from .sampling import SamplingParams, TokenLogprob, make_generator, sample, token_logprobs
 from .threads import ThreadGovernor
+from .traced import DEFAULT_BATCH_SIZES, TracedDecode
 
 log = logging.getLogger(__name__)
 
@@ -130,9 +131,11 @@ class Engine:
         kv_cache_dtype: torch.dtype | None = None,
         eos_token_ids: Iterable[int] | None = None,
         governor: ThreadGovernor | None = None,
+        recorded_batch_sizes: frozenset[int] = DEFAULT_BATCH_SIZES,
     ) -> None:
         """`eos_token_ids` end a request (default: the checkpoint tokenizer's). A `governor` resizes torch's
-        thread team between steps as other work on the host comes and goes (threads.ThreadGovernor)."""
+        thread team between steps as other work on the host comes and goes (threads.ThreadGovernor). Decode
+        steps of `recorded_batch_sizes` rows run as recorded graphs once recorded (traced.py; on CPU)."""
         self.checkpoint = checkpoint
         self.governor = governor
         self.model = checkpoint.model
@@ -144,6 +147,7 @@ class Engine:
         if kv_cache_dtype is None:
             kv_cache_dtype = torch.float16 if self.device.type == "cpu" else self.model.tok_embeddings.weight.dtype
         self.caches = self.model.make_caches(max_batch_size, self.max_seq_len, kv_cache_dtype)
+        self.decoder = TracedDecode(self.model, recorded_batch_sizes if self.device.type == "cpu" else frozenset())
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._active: list[_Request] = []
         self._free_slots = list(range(max_batch_size))  # a heap: new requests take the lowest free slot
@@ -195,12 +199,13 @@ class Engine:
         return req.result
 
     def close(self) -> None:
-        """Stop the engine thread; requests still waiting fail with RuntimeError."""
+        """Stop the engine thread (and a decode step's recording); requests still waiting fail with RuntimeError."""
         self._closed.set()
         self._queue.put(None)
         self._thread.join(timeout=30)
         if self._thread.is_alive():
             log.warning("engine thread still running 30 s after close()")
+        self.decoder.close()
 
     # --- engine thread -----------------------------------------------------------
 
@@ -289,7 +294,7 @@ class Engine:
         tokens = torch.tensor([[r.out_ids[-1]] for r in reqs], device=self.device)  # (B, 1)
         positions = torch.tensor([r.position for r in reqs], device=self.device)  # (B,)
         slots = torch.tensor([r.slot for r in reqs], device=self.device)  # (B,)
-        logits = self.model(tokens, decode_step(positions, slots, self.caches, first_slots=packed))  # (B, 1, V)
+        logits = self.decoder(tokens, decode_step(positions, slots, self.caches, first_slots=packed))  # (B, 1, V)
         self._accept(reqs, logits[:, -1])
 
     def _accept(self, reqs: list[_Request], logits: torch.Tensor) -> None:

@@ -87,6 +87,16 @@ class KVCache(nn.Module):
         self.register_buffer("v", lazy_zeros(shape, dtype, device), persistent=False)
         self.read_buffer = read_buffer  # (2, slots * n_kv_heads * max_seq_len * head_dim) or None
 
+    @classmethod
+    def of(cls, k: torch.Tensor, v: torch.Tensor, read_buffer: torch.Tensor | None) -> KVCache:
+        """A cache over existing buffers (how a recorded decode step takes the caches as inputs; traced.py)."""
+        cache = cls.__new__(cls)
+        nn.Module.__init__(cache)
+        cache.register_buffer("k", k, persistent=False)
+        cache.register_buffer("v", v, persistent=False)
+        cache.read_buffer = read_buffer
+        return cache
+
     def update(
         self, slots: torch.Tensor, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: int,
         first_slots: bool = False, dtype: torch.dtype | None = None,

@@ -39,6 +39,11 @@ class PackedFloat16Linear(nn.Linear):
 
     _packed: torch.Tensor  # FBGEMM's packed float16 matrix and float32 bias (a TorchBind object)
 
+    def __dir__(self) -> list[str]:
+        # torch.jit looks at every name dir() lists (recording a decode step, traced.py): listing `weight`
+        # unpacked every weight of the model, ~700 MB for a moment.
+        return [name for name in super().__dir__() if name != "weight"]
+
     @property
     def weight(self) -> torch.Tensor:
         shared = self._parameters.get("weight")
