@@ -19,7 +19,11 @@ that module's parameter and is packed as well.
 
 from __future__ import annotations
 
+import functools
+from collections import Counter
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .loading import release_free_memory
@@ -29,6 +33,37 @@ from .model import RMSNorm
 def available() -> bool:
     """FBGEMM is built into torch's x86 CPU wheels (not the ARM ones)."""
     return "fbgemm" in torch.backends.quantized.supported_engines
+
+
+#: Row counts probed for rows_computed_apart (an engine's batch is at most this many rows; prompts are alone).
+PROBED_ROWS = 64
+
+
+@functools.cache
+def rows_computed_apart() -> frozenset[int]:
+    """The row counts M for which FBGEMM computes some rows with other bits than other products do.
+
+    FBGEMM splits the M rows of a product among micro-kernels of a few rows each, picked from a table per
+    instruction set; on AVX2 its 1- and 2-row kernels round differently from the others, so a row alone (M = 1)
+    and the same row among 16 differed in the last bits (M = 1, 2, 7 and 14 use them), and a request's tokens
+    would depend on its neighbours. Found by probing each M up to PROBED_ROWS against the bits most products
+    agree on; empty where every kernel agrees (AVX-512)."""
+    generator = torch.Generator().manual_seed(0)
+    packed = torch.ops.quantized.linear_prepack_fp16(torch.randn(64, 64, generator=generator).half(), None)
+    x = torch.randn(PROBED_ROWS, 64, generator=generator)
+    products = {m: torch.ops.quantized.linear_dynamic_fp16(x[:m], packed) for m in range(1, PROBED_ROWS + 1)}
+    usual = [Counter(products[m][row].numpy().tobytes() for m in range(row + 1, PROBED_ROWS + 1)).most_common(1)[0][0]
+             for row in range(PROBED_ROWS)]
+    return frozenset(m for m, y in products.items() if any(y[row].numpy().tobytes() != usual[row] for row in range(m)))
+
+
+@functools.cache
+def rows_to_compute(rows: int) -> int:
+    """`rows`, or the next row count whose product computes every row as the others do (zero rows pad it)."""
+    apart = rows_computed_apart()
+    while rows in apart:
+        rows += 1
+    return rows
 
 
 class PackedFloat16Linear(nn.Linear):
@@ -60,7 +95,13 @@ class PackedFloat16Linear(nn.Linear):
         self._packed = torch.ops.quantized.linear_prepack_fp16(weight.detach().half(), bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.quantized.linear_dynamic_fp16(x.float(), self._packed)
+        rows = int(x.numel()) // int(x.shape[-1])  # plain ints also while recording (traced.py: rows are fixed)
+        padded = rows_to_compute(rows)
+        if padded == rows:
+            return torch.ops.quantized.linear_dynamic_fp16(x.float(), self._packed)
+        y = torch.ops.quantized.linear_dynamic_fp16(F.pad(x.float().reshape(rows, -1), (0, 0, 0, padded - rows)),
+                                                    self._packed)
+        return y[:rows].view(*x.shape[:-1], -1)
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)

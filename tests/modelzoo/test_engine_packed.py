@@ -101,3 +101,14 @@ def test_cache_rows_read_in_float32_through_the_shared_buffer_equal_a_plain_conv
     assert k_rows.data_ptr() == buffer[0].data_ptr()  # no new allocation
     gathered, _ = cache.update(torch.tensor([2, 0]), positions[:2], k[:2], v[:2], length=5, dtype=torch.float32)
     assert torch.equal(gathered, k[:2].half().float())  # row i reads the slot it wrote
+
+
+def test_each_row_has_the_same_bits_in_products_of_any_row_count():
+    # FBGEMM's AVX2 kernels of 1 and 2 rows round differently (rows_computed_apart): such products are padded.
+    layer = packed_linear(in_features=576, out_features=960)
+    x = torch.randn(20, 576)
+    with torch.inference_mode():
+        reference = layer(x)
+        for rows in range(1, 20):
+            assert torch.equal(layer(x[:rows]), reference[:rows]), f"{rows} rows"
+            assert torch.equal(layer(x[rows - 1 : rows][None]), reference[rows - 1 : rows][None])
