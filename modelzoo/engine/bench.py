@@ -109,19 +109,21 @@ def run_bench(
     threads: int | None = None,
     busy: int = 0,
     logprobs: int | None = None,
+    recording: bool = True,
 ) -> dict[str, Any]:
     """Our figures; with against_* also the other engine's on the same file, prompt and
     threads, and the ratios ours/theirs (under "llamacpp" / "transformers" and "ratios").
     `threads`: torch's thread count, fixed (None: the worker's policy, a ThreadGovernor that adapts to the
     load while the run goes on); `busy`: spinning processes beside the run; `logprobs`: also measure decode with
-    log-probabilities and this many alternatives. llama.cpp runs at each thread count up to the host's cores
+    log-probabilities and this many alternatives; `recording`: one-stream decode steps run as a recorded graph
+    (traced.py; False measures the eager step). llama.cpp runs at each thread count up to the host's cores
     and is reported at its best."""
     load_before = os.getloadavg()[0]
     with busy_neighbours(busy):
         result = _run_bench(path, max_tokens=max_tokens, runs=runs, prompt_tokens=prompt_tokens,
                             concurrency=concurrency, device=device, quantization=quantization, dtype=dtype,
                             against_llamacpp=against_llamacpp, against_transformers=against_transformers,
-                            logprobs=logprobs, threads=threads)
+                            logprobs=logprobs, threads=threads, recording=recording)
     result["busy"] = busy
     result["load_average_before"] = load_before
     return result
@@ -141,6 +143,7 @@ def _run_bench(
     against_transformers: bool,
     logprobs: int | None = None,
     threads: int | None = None,
+    recording: bool = True,
 ) -> dict[str, Any]:
     path = Path(path) if path else default_checkpoint_path()
     governor = ThreadGovernor(threads or 0)
@@ -150,11 +153,13 @@ def _run_bench(
     load_s = time.perf_counter() - t0
     max_batch = max(concurrency)
     prompt = bench_prompt(ckpt.tokenizer, ckpt.chat_template, prompt_tokens)
-    engine = Engine(ckpt, max_batch_size=max_batch, max_seq_len=len(prompt) + max_tokens + 8, governor=governor)
+    engine = Engine(ckpt, max_batch_size=max_batch, max_seq_len=len(prompt) + max_tokens + 8, governor=governor,
+                    **({} if recording else {"recorded_batch_sizes": frozenset()}))
     decode = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
     with_lp = SamplingParams(max_tokens=max_tokens, ignore_eos=True, logprobs=logprobs) if logprobs is not None else None
     try:
         engine.generate(prompt, SamplingParams(max_tokens=4, ignore_eos=True))  # warm-up
+        engine.decoder.wait()  # the one-stream step it asked to record (traced.py), as a worker runs it after
         prefill, ttft, single, single_lp = [], [], [], []
         for _ in range(runs):
             r = engine.generate(prompt, SamplingParams(max_tokens=1))
@@ -175,6 +180,7 @@ def _run_bench(
             aggregate[str(n)] = statistics.median(samples)
             if with_lp is not None:
                 aggregate_lp[str(n)] = statistics.median(samples_lp)
+        recorded = sorted(engine.decoder.ready())
     finally:
         engine.close()
     result = {
@@ -185,6 +191,7 @@ def _run_bench(
         "thread_policy": "fixed" if threads else "adaptive",
         "torch_threads": threads_at_start,
         "torch_threads_at_end": governor.threads,
+        "recorded_batch_sizes": recorded,  # decode steps that ran as recorded graphs
         "runs": runs,
         "max_tokens": max_tokens,
         "prompt_tokens": len(prompt),

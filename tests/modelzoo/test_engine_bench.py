@@ -35,6 +35,7 @@ def test_it_reports_every_benchmark_figure_as_json():
     assert all(v > 0 for v in result["aggregate_tokens_per_s"].values())
     assert result["prompt_tokens"] >= 200 and result["max_tokens"] == 4 and result["runs"] == 1
     assert result["checkpoint"].endswith(".gguf") and result["device"] in ("cpu", "cuda", "cuda:0")
+    assert result["recorded_batch_sizes"] == ([1] if result["device"] == "cpu" else [])  # one stream ran recorded
 
 
 def test_it_says_when_the_other_engines_are_missing(monkeypatch, tiny):
@@ -112,3 +113,9 @@ def test_it_refuses_log_probabilities_out_of_bounds(value):
 
     with pytest.raises(CommandError, match="--logprobs must be in 0..20"):
         call_command("bench", "--logprobs", value)
+
+
+def test_it_measures_the_recorded_one_stream_step_unless_told_not_to(tiny):
+    args = ("--checkpoint", tiny, "--max-tokens", "3", "--concurrency", "1")
+    assert bench(*args)["recorded_batch_sizes"] == [1]
+    assert bench(*args, "--no-recording")["recorded_batch_sizes"] == []

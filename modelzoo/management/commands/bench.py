@@ -1,6 +1,6 @@
 """python manage.py bench [--json] [--max-tokens N] [--runs K] [--checkpoint PATH] [--quantization Q]
-[--threads T] [--busy N] [--concurrency 1,4,16] [--prompt-tokens N] [--logprobs N] [--against-llamacpp]
-[--against-transformers]"""
+[--threads T] [--busy N] [--concurrency 1,4,16] [--prompt-tokens N] [--logprobs N] [--no-recording]
+[--against-llamacpp] [--against-transformers]"""
 
 from __future__ import annotations
 
@@ -36,6 +36,8 @@ class Command(BaseCommand):
         parser.add_argument("--logprobs", type=int, default=None, metavar="N",
                             help=f"also measure one stream and the aggregates with token log-probabilities and N "
                                  f"(0-{MAX_LOGPROBS}) alternatives per token, each run beside the same run without")
+        parser.add_argument("--no-recording", action="store_true",
+                            help="run one-stream decode steps eagerly instead of as the recorded graph the worker uses")
         parser.add_argument("--against-llamacpp", action="store_true",
                             help="also run llama.cpp (llama-cpp-python) on the same GGUF and print ratios")
         parser.add_argument("--against-transformers", action="store_true",
@@ -60,7 +62,7 @@ class Command(BaseCommand):
         threads = opts["threads"] or settings.ENGINE_THREADS or None  # None: the worker's adaptive policy
         result = run_bench(opts["checkpoint"], max_tokens=opts["max_tokens"], runs=opts["runs"], threads=threads,
                            busy=opts["busy"], concurrency=concurrency, prompt_tokens=opts["prompt_tokens"],
-                           logprobs=opts["logprobs"],
+                           logprobs=opts["logprobs"], recording=not opts["no_recording"],
                            against_llamacpp=opts["against_llamacpp"], against_transformers=opts["against_transformers"], **extra)
         if opts["json"]:
             self.stdout.write(json.dumps(result))
@@ -71,7 +73,8 @@ class Command(BaseCommand):
                           f"{result['load_average']:.2f}, {result['busy']} busy processes beside it)")
         self.stdout.write(f"  load                 {result['load_s']:.1f} s")
         self.stdout.write(f"  prefill              {result['prefill_tokens_per_s']:.0f} tok/s ({result['prompt_tokens']}-token prompt)")
-        self.stdout.write(f"  decode, one stream   {result['decode_tokens_per_s']:.1f} tok/s")
+        recorded = ", ".join(map(str, result["recorded_batch_sizes"])) or "none"
+        self.stdout.write(f"  decode, one stream   {result['decode_tokens_per_s']:.1f} tok/s (recorded steps: {recorded} rows)")
         self.stdout.write(f"  time to first token  {result['ttft_s'] * 1000:.0f} ms")
         for n, tps in result["aggregate_tokens_per_s"].items():
             self.stdout.write(f"  aggregate, {n:>2} streams {tps:.1f} tok/s")
