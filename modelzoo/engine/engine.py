@@ -18,7 +18,7 @@ positions x 30 layers x 2 x 3 heads x 64 x 2 bytes = 377 MB, taken page by page 
 positions are written (model.lazy_zeros), plus one float32 buffer that attention reads
 the rows into. The weights take ~0.43 GB on CPU (FBGEMM's packed float16, which pads each
 weight's inputs to a multiple of 512, plus the float16 embedding table; packed_linear.py)
-and torch ~0.25 GB; a recorded one-stream step (traced.py) ~75 MB more.
+and torch ~0.25 GB; a recorded one-stream step (traced.py) ~0.1 GB more.
 
 Slots are handed out lowest first, so a batch usually occupies slots 0..B-1 and each
 layer reads its cache rows as a view (converted once into the float32 buffer) instead

@@ -9,9 +9,9 @@ tests compare them) and a request's tokens do not depend on which of the two ran
 
 A graph holds one batch size (the tracer records some reshapes with the batch as a constant)
 in slots 0..B-1 (`Step.first_slots`); the number of cache positions read varies freely. Each
-costs ~75 MB that torch.jit keeps for the life of the process (its module types and graphs),
-so only the batch sizes asked for are recorded: by default one stream, where Python's share
-of a step is largest. A graph is recorded in a thread of its own on scratch caches (the caches
+costs ~0.1 GB (75-115 MB measured) that torch.jit keeps for the life of the process (its
+module types and graphs), so only the batch sizes asked for are recorded: by default one
+stream, where Python's share of a step is largest. A graph is recorded in a thread of its own on scratch caches (the caches
 are inputs of the graph, so recording writes nothing a request reads; ~2 s) while the engine
 goes on eagerly, and is used from the step after it is ready. The thread ends with the
 recording, so no OpenMP team outlives it (threads.py).
