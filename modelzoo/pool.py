@@ -66,7 +66,7 @@ def _load_engine(checkpoint: Checkpoint) -> Engine:
     governor.start()
     logger.info("Loading checkpoint %s from %s", checkpoint.name, checkpoint.weights_path())
     loaded = load_checkpoint(checkpoint.weights_path(), device=settings.ENGINE_DEVICE, dtype=DTYPES.get(settings.ENGINE_DTYPE),
-                             quantization=settings.ENGINE_QUANTIZATION or None)
+                             quantization=settings.ENGINE_QUANTIZATION or None, block_kernels=settings.ENGINE_BLOCK_KERNELS)
     if checkpoint.base_id:
         in_throwaway_thread(merge_adapter)(loaded.model, checkpoint.file_path())
     return Engine(loaded, max_batch_size=settings.ENGINE_MAX_BATCH_SIZE, max_seq_len=settings.ENGINE_MAX_SEQ_LEN,
@@ -164,8 +164,9 @@ def estimated_bytes(checkpoint: Checkpoint) -> int:
 def _bytes_per_parameter() -> float:
     """What the engine stores per weight: bfloat16 on CUDA; on CPU at most 4 bytes, float32 or FBGEMM's packed
     float16 padded to blocks of 512 inputs plus the float16 embedding table (engine/packed_linear.py: 3.2 bytes
-    a weight for SmolLM2-135M, whose layers take 576 inputs); int8 ~1 byte plus scales, int4 ~0.5 plus
-    per-group scales and zeros."""
+    a weight for SmolLM2-135M, whose layers take 576 inputs; a GGUF's Q4_1 / Q8_0 weights computed from their
+    blocks take less, engine/block_linear.py); int8 ~1 byte plus scales, int4 ~0.5 plus per-group scales and
+    zeros."""
     if settings.ENGINE_QUANTIZATION:
         return {"int8": 1.1, "int4": 0.75}[settings.ENGINE_QUANTIZATION]
     if settings.ENGINE_DTYPE == "bfloat16" or (not settings.ENGINE_DTYPE and _device_type() == "cuda"):

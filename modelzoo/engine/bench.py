@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from . import bench_others
+from .block_linear import BlockLinear
 from .checkpoint import DEFAULT_QUANTIZATION, default_checkpoint_path, load_checkpoint
 from .engine import Engine
 from .sampling import SamplingParams
@@ -110,20 +111,22 @@ def run_bench(
     busy: int = 0,
     logprobs: int | None = None,
     recording: bool = True,
+    block_kernels: bool = True,
 ) -> dict[str, Any]:
     """Our figures; with against_* also the other engine's on the same file, prompt and
     threads, and the ratios ours/theirs (under "llamacpp" / "transformers" and "ratios").
     `threads`: torch's thread count, fixed (None: the worker's policy, a ThreadGovernor that adapts to the
     load while the run goes on); `busy`: spinning processes beside the run; `logprobs`: also measure decode with
     log-probabilities and this many alternatives; `recording`: one-stream decode steps run as a recorded graph
-    (traced.py; False measures the eager step). llama.cpp runs at each thread count up to the host's cores
+    (traced.py; False measures the eager step); `block_kernels`: a GGUF's Q4_1 / Q8_0 weights are computed from their
+    blocks (block_linear.py; False: packed float16 for FBGEMM). llama.cpp runs at each thread count up to the host's cores
     and is reported at its best."""
     load_before = os.getloadavg()[0]
     with busy_neighbours(busy):
         result = _run_bench(path, max_tokens=max_tokens, runs=runs, prompt_tokens=prompt_tokens,
                             concurrency=concurrency, device=device, quantization=quantization, dtype=dtype,
                             against_llamacpp=against_llamacpp, against_transformers=against_transformers,
-                            logprobs=logprobs, threads=threads, recording=recording)
+                            logprobs=logprobs, threads=threads, recording=recording, block_kernels=block_kernels)
     result["busy"] = busy
     result["load_average_before"] = load_before
     return result
@@ -144,12 +147,13 @@ def _run_bench(
     logprobs: int | None = None,
     threads: int | None = None,
     recording: bool = True,
+    block_kernels: bool = True,
 ) -> dict[str, Any]:
     path = Path(path) if path else default_checkpoint_path()
     governor = ThreadGovernor(threads or 0)
     threads_at_start = governor.start()
     t0 = time.perf_counter()
-    ckpt = load_checkpoint(path, device=device, quantization=quantization, dtype=dtype)
+    ckpt = load_checkpoint(path, device=device, quantization=quantization, dtype=dtype, block_kernels=block_kernels)
     load_s = time.perf_counter() - t0
     max_batch = max(concurrency)
     prompt = bench_prompt(ckpt.tokenizer, ckpt.chat_template, prompt_tokens)
@@ -191,6 +195,7 @@ def _run_bench(
         "thread_policy": "fixed" if threads else "adaptive",
         "torch_threads": threads_at_start,
         "torch_threads_at_end": governor.threads,
+        "block_linears": sum(isinstance(m, BlockLinear) for m in ckpt.model.modules()),  # products from GGUF blocks
         "recorded_batch_sizes": recorded,  # decode steps that ran as recorded graphs
         "runs": runs,
         "max_tokens": max_tokens,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from . import gguf_format, packed_linear
+from . import block_linear, gguf_format, kernels, packed_linear
 from .chat_template import ChatTemplate, template_source
 from .config import ModelConfig
 from .headers import read_json, scan_safetensors
@@ -199,23 +199,27 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 def load_checkpoint(
     path: str | Path, *, device: str | torch.device | None = None, quantization: str | None = DEFAULT_QUANTIZATION,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | None = None, block_kernels: bool = True,
 ) -> LoadedCheckpoint:
     """Weights, config, tokenizer and template, in `dtype` (default_dtype: bf16 on CUDA, float16 on CPU).
 
     Weights are dequantized to the compute dtype once at load time (the layers never
     branch on a storage dtype); q/k/v and gate/up are fused here. `quantization`
     ("int8", "int4" or None for float) then re-quantizes the Linear weights from those
-    floats and swaps in the matching modules (see quantize.py); int4 is CPU only.
+    floats and swaps in the matching modules (see quantize.py); int4 is CPU only. In the float16 CPU default, the
+    Linears whose weights a GGUF file stores as Q4_1 or Q8_0 blocks compute from those blocks (block_linear.py)
+    when `block_kernels` and our kernels build here; the others are packed for FBGEMM (packed_linear.py).
     """
-    loaded = _load_in_a_throwaway_thread(path, device=device, quantization=quantization, dtype=dtype)
+    loaded = _load_in_a_throwaway_thread(path, device=device, quantization=quantization, dtype=dtype,
+                                         block_kernels=block_kernels)
     release_freed_memory()  # once the thread and everything it allocated are gone
     return loaded
 
 
 @in_throwaway_thread
 def _load_in_a_throwaway_thread(
-    path: str | Path, *, device: str | torch.device | None, quantization: str | None, dtype: torch.dtype | None
+    path: str | Path, *, device: str | torch.device | None, quantization: str | None, dtype: torch.dtype | None,
+    block_kernels: bool,
 ) -> LoadedCheckpoint:
     quantization = check_mode(quantization)
     path = Path(path).resolve()
@@ -229,7 +233,7 @@ def _load_in_a_throwaway_thread(
         file = gguf_format.open_gguf(path)
         tensors = gguf_format.iter_tensors(file, arch=cfg.arch, n_heads=cfg.n_heads, n_kv_heads=cfg.n_kv_heads)
         state = assemble(tensors, cfg, quantization=quantization, dtype=dtype, file_name=gguf_format.file_name)
-        del file, tensors
+        del tensors
     else:
         from . import safetensors_format
 
@@ -242,6 +246,11 @@ def _load_in_a_throwaway_thread(
     del state
     model.eval().requires_grad_(False)
     if dtype == torch.float16 and dev.type == "cpu" and packed_linear.available():
+        if info.format == "gguf" and block_kernels and kernels.available():
+            stored = gguf_format.read_blocks(file, block_linear.KINDS, arch=cfg.arch, n_heads=cfg.n_heads,
+                                             n_kv_heads=cfg.n_kv_heads)
+            block_linear.use_block_linears(model, block_linear.fused_blocks(stored, cfg))
+            del stored
         packed_linear.use_packed_float16(model)
     log.info("loaded %s (%s, %s) on %s as %s, weights %s", path.name, info.format, info.quantization, dev, dtype,
              quantization or "float")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .block_linear import BlockLinear
 from .checkpoint import LoadedCheckpoint
 from .lora import attach
 from .packed_linear import PackedFloat16Linear
@@ -41,7 +42,7 @@ def finetune(
 ) -> list[float]:
     """Attach LoRA to `loaded.model` and train it in place (batch size 1); returns the loss of each step.
     A `governor` resizes torch's threads between steps as the host's other work (a worker's engine) comes and goes."""
-    if any(isinstance(m, PackedFloat16Linear) for m in loaded.model.modules()):
+    if any(isinstance(m, (PackedFloat16Linear, BlockLinear)) for m in loaded.model.modules()):
         raise ValueError("load the checkpoint with dtype=torch.float32 to finetune it: packed weights are for inference")
     torch.manual_seed(seed)
     model = loaded.model.float()  # trains in float32 whatever dtype it was loaded in (16-bit gradients underflow)

@@ -10,7 +10,7 @@ before torch is imported.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -204,6 +204,29 @@ def iter_tensors(file: GGUFFile, *, arch: str, n_heads: int, n_kv_heads: int) ->
             if tensor.shape[0] % (2 * heads) == 0:
                 tensor = unpermute_rotary(tensor, heads)
         yield name, tensor
+
+
+def read_blocks(file: GGUFFile, types: Iterable[str], *, arch: str, n_heads: int, n_kv_heads: int
+                ) -> dict[str, tuple[str, torch.Tensor]]:
+    """Our (unfused) name -> (GGML type, (rows, bytes a row) uint8 copy of the stored blocks) for every 2-D
+    tensor stored in one of `types`, q/k rows un-permuted like iter_tensors' (block_linear.py computes from
+    them). Shapes were checked when the tensors were read as floats."""
+    import numpy as np
+    import torch
+
+    unpermute = arch in PERMUTED_ROPE_ARCHS
+    types = frozenset(types)
+    data = np.memmap(file.path, dtype=np.uint8, mode="r").view(np.ndarray)
+    blocks: dict[str, tuple[str, torch.Tensor]] = {}
+    for t in file.header.tensors:
+        if t.dtype not in types or len(t.shape) != 2:
+            continue
+        name = _our_name(t.name)
+        rows = torch.from_numpy(data[t.begin:t.end].reshape(t.shape[1], -1).copy())
+        if unpermute and name.endswith(_ROTARY_SUFFIXES):
+            rows = unpermute_rotary(rows, n_heads if ".wq." in name else n_kv_heads).contiguous()
+        blocks[name] = (t.dtype, rows)
+    return blocks
 
 
 def read_state_dict(file: GGUFFile, *, arch: str, n_heads: int, n_kv_heads: int) -> dict[str, torch.Tensor]:

@@ -57,15 +57,20 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, Shape]:
     return shapes
 
 
+#: Our fused Linear weights in each layer and the unfused ones they stack, in order (rows of the first first).
+FUSED = {
+    "attention.wqkv.weight": ("attention.wq.weight", "attention.wk.weight", "attention.wv.weight"),
+    "feed_forward.w13.weight": ("feed_forward.w1.weight", "feed_forward.w3.weight"),  # gate, up
+}
+
+
 def fuse_layer(state: dict[str, torch.Tensor], i: int, cfg: ModelConfig) -> None:
     """Layer i's unfused wq/wk/wv and w1/w3 -> our fused wqkv/w13, in place (the unfused copies are freed)."""
     p = f"layers.{i}."
-    state[p + "attention.wqkv.weight"] = torch.cat([state.pop(p + f"attention.w{n}.weight") for n in "qkv"], dim=0)
+    for fused, parts in FUSED.items():
+        state[p + fused] = torch.cat([state.pop(p + part) for part in parts], dim=0)
     if cfg.qkv_bias:
         state[p + "attention.wqkv.bias"] = torch.cat([state.pop(p + f"attention.w{n}.bias") for n in "qkv"], dim=0)
-    state[p + "feed_forward.w13.weight"] = torch.cat(
-        [state.pop(p + "feed_forward.w1.weight"), state.pop(p + "feed_forward.w3.weight")], dim=0
-    )
 
 
 def fuse_top(state: dict[str, torch.Tensor], cfg: ModelConfig, *, file_name: Callable[[str], str] = str) -> None:

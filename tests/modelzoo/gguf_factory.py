@@ -9,6 +9,7 @@ import struct
 from pathlib import Path
 
 import gguf
+import gguf.quants
 import numpy as np
 
 CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] "
@@ -31,9 +32,11 @@ def byte_tokens() -> list[str]:
 def write_tiny_gguf(path: Path, *, seed: int = 0, dim: int = 32, n_layers: int = 2, n_heads: int = 4,
                     n_kv_heads: int = 2, hidden_dim: int = 64, context_length: int = 256,
                     chat_template: str = CHATML, poison: str | None = None, bos_token_id: int = 257,
-                    eos_token_id: int = 258) -> Path:
+                    eos_token_id: int = 258, weight_types: dict[str, str] | None = None) -> Path:
     """A tiny Llama GGUF (259 tokens). `poison` names a tensor to fill with NaN (a checkpoint that must be
-    rejected); the other arguments may lie too (a context length past 32 bits is written as a uint64)."""
+    rejected); the other arguments may lie too (a context length past 32 bits is written as a uint64).
+    `weight_types` stores tensors whose GGUF name ends with a key in that GGML type (e.g. {"ffn_up.weight": "Q4_1",
+    "": "Q8_0"}: the first key that matches wins; the others are F32)."""
     tokens = byte_tokens() + ["ab", "<|im_start|>", "<|im_end|>"]
     token_types = [gguf.TokenType.NORMAL] * 257 + [gguf.TokenType.CONTROL] * 2
     rng = np.random.default_rng(seed)
@@ -66,6 +69,11 @@ def write_tiny_gguf(path: Path, *, seed: int = 0, dim: int = 32, n_layers: int =
         data = (rng.standard_normal(shape) * 0.2).astype(np.float32) if len(shape) > 1 else np.ones(shape, np.float32)
         if name == poison:
             data[...] = np.nan
+        ggml_type = next((t for suffix, t in (weight_types or {}).items() if name.endswith(suffix)), "F32")
+        if len(shape) > 1 and ggml_type != "F32":
+            kind = gguf.GGMLQuantizationType[ggml_type]
+            writer.add_tensor(name, gguf.quants.quantize(data, kind), raw_dtype=kind)
+            return
         writer.add_tensor(name, data)
 
     head_dim, vocab = dim // n_heads, len(tokens)

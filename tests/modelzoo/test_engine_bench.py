@@ -119,3 +119,10 @@ def test_it_measures_the_recorded_one_stream_step_unless_told_not_to(tiny):
     args = ("--checkpoint", tiny, "--max-tokens", "3", "--concurrency", "1")
     assert bench(*args)["recorded_batch_sizes"] == [1]
     assert bench(*args, "--no-recording")["recorded_batch_sizes"] == []
+
+
+def test_it_computes_a_ggufs_q4_1_weights_from_their_blocks_unless_told_not_to(tmp_path):
+    path = str(write_tiny_gguf(tmp_path / "q4.gguf", context_length=1024, weight_types={"": "Q4_1"}))
+    args = ("--checkpoint", path, "--max-tokens", "3", "--concurrency", "1")
+    assert bench(*args)["block_linears"] == 2 * 4 + 1  # wqkv, wo, w13, w2 per layer and the head
+    assert bench(*args, "--no-block-kernels")["block_linears"] == 0

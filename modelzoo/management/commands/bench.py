@@ -38,6 +38,9 @@ class Command(BaseCommand):
                                  f"(0-{MAX_LOGPROBS}) alternatives per token, each run beside the same run without")
         parser.add_argument("--no-recording", action="store_true",
                             help="run one-stream decode steps eagerly instead of as the recorded graph the worker uses")
+        parser.add_argument("--no-block-kernels", action="store_true",
+                            help="pack a GGUF's Q4_1 / Q8_0 weights as float16 for FBGEMM instead of computing from "
+                                 "their blocks (ENGINE_BLOCK_KERNELS=0)")
         parser.add_argument("--against-llamacpp", action="store_true",
                             help="also run llama.cpp (llama-cpp-python) on the same GGUF and print ratios")
         parser.add_argument("--against-transformers", action="store_true",
@@ -63,12 +66,14 @@ class Command(BaseCommand):
         result = run_bench(opts["checkpoint"], max_tokens=opts["max_tokens"], runs=opts["runs"], threads=threads,
                            busy=opts["busy"], concurrency=concurrency, prompt_tokens=opts["prompt_tokens"],
                            logprobs=opts["logprobs"], recording=not opts["no_recording"],
+                           block_kernels=settings.ENGINE_BLOCK_KERNELS and not opts["no_block_kernels"],
                            against_llamacpp=opts["against_llamacpp"], against_transformers=opts["against_transformers"], **extra)
         if opts["json"]:
             self.stdout.write(json.dumps(result))
             return
         self.stdout.write(f"{result['checkpoint']} on {result['device']} ({result['dtype']}, weights "
-                          f"{result['quantization'] or 'float'}, {result['torch_threads']}->{result['torch_threads_at_end']} threads "
+                          f"{result['quantization'] or 'float'}, {result['block_linears']} products from GGUF blocks, "
+                          f"{result['torch_threads']}->{result['torch_threads_at_end']} threads "
                           f"({result['thread_policy']}), load average "
                           f"{result['load_average']:.2f}, {result['busy']} busy processes beside it)")
         self.stdout.write(f"  load                 {result['load_s']:.1f} s")

@@ -1,0 +1,161 @@
+// Matrix products straight from a GGUF file's own blocks: y = x W^T with float32 activations, the weights kept as
+// Q4_1 or Q8_0 blocks of 32 and dequantized exactly (in float32) in registers. A one-stream decode step streams
+// every weight from memory once; these blocks are 5 bits (Q4_1) or 8.5 bits (Q8_0) a weight, against float16's 16.
+//
+// Every output row is computed by the same code whatever the number of rows (rows only share the decoded
+// weights), and the build turns off floating-point contraction, so a row's bits never depend on its batch.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+namespace {
+
+typedef float f32x16 __attribute__((vector_size(64)));
+typedef uint8_t u8x16 __attribute__((vector_size(16)));
+typedef int32_t i32x16 __attribute__((vector_size(64)));
+
+constexpr int64_t kBlock = 32;
+constexpr int64_t kQ4_1Bytes = 20;  // float16 d, float16 m, 16 bytes of 4-bit values: w = d * q + m
+constexpr int64_t kQ8_0Bytes = 34;  // float16 d, 32 signed bytes: w = d * q
+constexpr int64_t kRowsAtOnce = 8;  // rows that share one pass over the weights
+
+inline float half_at(const uint8_t* p) {
+  _Float16 h;
+  std::memcpy(&h, p, 2);
+  return static_cast<float>(h);
+}
+
+inline f32x16 load16(const float* p) {
+  f32x16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// The 16 lanes summed in one fixed order (a tree: four dependent additions instead of sixteen).
+inline float lane_sum(f32x16 v) {
+  float s[16];
+  std::memcpy(s, &v, 64);
+  for (int width = 8; width > 0; width /= 2)
+    for (int i = 0; i < width; ++i) s[i] += s[i + width];
+  return s[0];
+}
+
+// a * b + c rounded once where the CPU has fused multiply-add; spelled out so that every row gets the same
+// instructions (the build turns off the compiler's own contraction, which may differ between loops).
+inline f32x16 fma16(f32x16 a, f32x16 b, f32x16 c) {
+#if defined(__AVX512F__)
+  return (f32x16)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+#elif defined(__FMA__)
+  typedef float f32x8 __attribute__((vector_size(32)));
+  f32x8 a2[2], b2[2], c2[2], r[2];
+  std::memcpy(a2, &a, 64);
+  std::memcpy(b2, &b, 64);
+  std::memcpy(c2, &c, 64);
+  for (int i = 0; i < 2; ++i) r[i] = (f32x8)_mm256_fmadd_ps((__m256)a2[i], (__m256)b2[i], (__m256)c2[i]);
+  f32x16 out;
+  std::memcpy(&out, r, 64);
+  return out;
+#else
+  return a * b + c;
+#endif
+}
+
+// Asks for the weight row kPrefetchRows rows ahead of `row` (row_bytes long): a row is computed faster than memory
+// delivers it unasked.
+constexpr int64_t kPrefetchRows = 8;
+inline void prefetch_ahead(const uint8_t* row, int64_t row_bytes) {
+  const uint8_t* ahead = row + kPrefetchRows * row_bytes;
+  for (int64_t i = 0; i < row_bytes; i += 64) __builtin_prefetch(ahead + i);
+}
+
+// Bytes to float32 by way of int32 (a direct conversion is not vectorized by the compiler).
+template <typename V>
+inline f32x16 to_float(V v) {
+  return __builtin_convertvector(__builtin_convertvector(v, i32x16), f32x16);
+}
+
+// The 32 weights of one block, exactly as float32: Q4_1's d * q + m (d * q is exact, so one rounding: the bits of a
+// float32 dequantizer's or of a fused multiply-add), Q8_0's d * q (exact).
+inline void q4_1_block(const uint8_t* block, f32x16& lo, f32x16& hi) {
+  const f32x16 d = f32x16{} + half_at(block), m = f32x16{} + half_at(block + 2);
+  u8x16 qs;
+  std::memcpy(&qs, block + 4, 16);
+  lo = to_float(qs & 15) * d + m;  // values 0..15 of the block
+  hi = to_float(qs >> 4) * d + m;  // values 16..31
+}
+
+inline void q8_0_block(const uint8_t* block, f32x16& lo, f32x16& hi) {
+  const f32x16 d = f32x16{} + half_at(block);
+  u8x16 q0, q1;  // signed bytes, read as unsigned ones offset by 128 (the compiler vectorizes those)
+  std::memcpy(&q0, block + 2, 16);
+  std::memcpy(&q1, block + 18, 16);
+  lo = d * (to_float(q0 ^ 0x80) - 128.0f);
+  hi = d * (to_float(q1 ^ 0x80) - 128.0f);
+}
+
+// Rows [0, R) of x (stride ldx) times weight rows [n0, n1) of w (Bytes per block, nb blocks a row).
+template <int R, int64_t Bytes, void (*Dequantize)(const uint8_t*, f32x16&, f32x16&)>
+void rows(const float* x, int64_t ldx, int64_t nb, const uint8_t* w, float* y, int64_t ldy, int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* row = w + n * nb * Bytes;
+    prefetch_ahead(row, nb * Bytes);
+    f32x16 acc_lo[R] = {}, acc_hi[R] = {};  // two sums a row: half the dependent additions each
+    for (int64_t b = 0; b < nb; ++b) {
+      f32x16 lo, hi;
+      Dequantize(row + b * Bytes, lo, hi);
+      for (int r = 0; r < R; ++r) {
+        const float* xb = x + r * ldx + b * kBlock;
+        acc_lo[r] = fma16(load16(xb), lo, acc_lo[r]);
+        acc_hi[r] = fma16(load16(xb + 16), hi, acc_hi[r]);
+      }
+    }
+    for (int r = 0; r < R; ++r) y[r * ldy + n] = lane_sum(acc_lo[r] + acc_hi[r]);
+  }
+}
+
+using RowsFn = void (*)(const float*, int64_t, int64_t, const uint8_t*, float*, int64_t, int64_t, int64_t);
+
+template <int64_t Bytes, void (*Dequantize)(const uint8_t*, f32x16&, f32x16&)>
+constexpr RowsFn kRows[kRowsAtOnce] = {rows<1, Bytes, Dequantize>, rows<2, Bytes, Dequantize>, rows<3, Bytes, Dequantize>,
+                                       rows<4, Bytes, Dequantize>, rows<5, Bytes, Dequantize>, rows<6, Bytes, Dequantize>,
+                                       rows<7, Bytes, Dequantize>, rows<8, Bytes, Dequantize>};
+
+// kind: 0 = Q4_1, 1 = Q8_0. blocks: (N, K / 32 * block bytes) uint8. x: (..., K) float32.
+at::Tensor block_linear(const at::Tensor& x_in, const at::Tensor& blocks, int64_t kind) {
+  TORCH_CHECK(kind == 0 || kind == 1, "block_linear: kind must be 0 (Q4_1) or 1 (Q8_0)");
+  TORCH_CHECK(blocks.scalar_type() == at::kByte && blocks.dim() == 2 && blocks.is_contiguous(),
+              "block_linear: blocks must be a contiguous (N, bytes) uint8 tensor");
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat, "block_linear: x must be float32");
+  const int64_t K = x_in.size(-1), N = blocks.size(0), nb = K / kBlock;
+  const int64_t block_bytes = kind == 0 ? kQ4_1Bytes : kQ8_0Bytes;
+  TORCH_CHECK(K % kBlock == 0 && blocks.size(1) == nb * block_bytes, "block_linear: x has ", K,
+              " features, the blocks hold ", blocks.size(1) / block_bytes * kBlock);
+  const at::Tensor x = x_in.reshape({-1, K}).contiguous();
+  const int64_t M = x.size(0);
+  std::vector<int64_t> out_shape(x_in.sizes().begin(), x_in.sizes().end());
+  out_shape.back() = N;
+  at::Tensor y = at::empty({M, N}, x.options());
+  if (M == 0 || N == 0) return y.view(out_shape);
+  const float* xp = x.data_ptr<float>();
+  const RowsFn* table = kind == 0 ? kRows<kQ4_1Bytes, q4_1_block> : kRows<kQ8_0Bytes, q8_0_block>;
+  const uint8_t* wp = blocks.data_ptr<uint8_t>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, N, 64, [&](int64_t n0, int64_t n1) {
+    for (int64_t r0 = 0; r0 < M; r0 += kRowsAtOnce) {
+      const int64_t count = std::min(kRowsAtOnce, M - r0);
+      table[count - 1](xp + r0 * K, K, nb, wp, yp + r0 * N, N, n0, n1);
+    }
+  });
+  return y.view(out_shape);
+}
+
+}  // namespace
+
+TORCH_LIBRARY(llmsite, m) { m.def("block_linear(Tensor x, Tensor blocks, int kind) -> Tensor"); }
+
+TORCH_LIBRARY_IMPL(llmsite, CPU, m) { m.impl("block_linear", block_linear); }
