@@ -59,6 +59,22 @@ def test_each_row_has_the_same_bits_in_products_of_any_row_count(ggml_type):
 
 
 @pytest.mark.parametrize("ggml_type", TYPES)
+def test_a_prompts_positions_are_multiplied_exactly_and_alike_on_any_number_of_threads(ggml_type):
+    layer, weights = block_layer(ggml_type, out_features=200, in_features=576)
+    x = torch.randn(1, 40, weights.shape[1])  # one prompt of 40 positions: the dequantized chunks' path
+    threads = torch.get_num_threads()
+    try:
+        products = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            products.append(layer(x))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(products[0], p) for p in products[1:])
+    assert (products[0].double() - x.double() @ weights.double().T).abs().max() < 1e-3
+
+
+@pytest.mark.parametrize("ggml_type", TYPES)
 def test_the_weight_reads_back_exactly_and_assigning_one_packs_it_for_fbgemm(ggml_type):
     layer, weights = block_layer(ggml_type)
     assert "weight" not in layer._parameters and "blocks" not in layer.state_dict()

@@ -6,6 +6,7 @@
 // weights), and the build turns off floating-point contraction, so a row's bits never depend on its batch.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
 #include <torch/library.h>
 
 #include <immintrin.h>
@@ -125,16 +126,36 @@ constexpr RowsFn kRows[kRowsAtOnce] = {rows<1, Bytes, Dequantize>, rows<2, Bytes
                                        rows<4, Bytes, Dequantize>, rows<5, Bytes, Dequantize>, rows<6, Bytes, Dequantize>,
                                        rows<7, Bytes, Dequantize>, rows<8, Bytes, Dequantize>};
 
-// kind: 0 = Q4_1, 1 = Q8_0. blocks: (N, K / 32 * block bytes) uint8. x: (..., K) float32.
-at::Tensor block_linear(const at::Tensor& x_in, const at::Tensor& blocks, int64_t kind) {
-  TORCH_CHECK(kind == 0 || kind == 1, "block_linear: kind must be 0 (Q4_1) or 1 (Q8_0)");
+constexpr int64_t kChunk = 64;  // weight rows dequantized at a time by block_matmul
+
+// The checks every entry point makes; returns the number of blocks a weight row holds.
+int64_t blocks_per_row(const at::Tensor& blocks, int64_t kind, int64_t in_features) {
+  TORCH_CHECK(kind == 0 || kind == 1, "llmsite: kind must be 0 (Q4_1) or 1 (Q8_0)");
   TORCH_CHECK(blocks.scalar_type() == at::kByte && blocks.dim() == 2 && blocks.is_contiguous(),
-              "block_linear: blocks must be a contiguous (N, bytes) uint8 tensor");
+              "llmsite: blocks must be a contiguous (N, bytes) uint8 tensor");
+  const int64_t nb = in_features / kBlock;
+  TORCH_CHECK(in_features % kBlock == 0 && blocks.size(1) == nb * (kind == 0 ? kQ4_1Bytes : kQ8_0Bytes),
+              "llmsite: ", in_features, " inputs do not match blocks of ", blocks.size(1), " bytes a row");
+  return nb;
+}
+
+// Weight rows [n0, n1) as float32 into out (n1 - n0, nb * 32).
+void dequantize_rows(const uint8_t* w, int64_t kind, int64_t nb, int64_t n0, int64_t n1, float* out) {
+  const int64_t bytes = kind == 0 ? kQ4_1Bytes : kQ8_0Bytes;
+  for (int64_t n = n0; n < n1; ++n)
+    for (int64_t b = 0; b < nb; ++b) {
+      f32x16 lo, hi;
+      (kind == 0 ? q4_1_block : q8_0_block)(w + (n * nb + b) * bytes, lo, hi);
+      float* o = out + (n - n0) * nb * kBlock + b * kBlock;
+      std::memcpy(o, &lo, 64);
+      std::memcpy(o + 16, &hi, 64);
+    }
+}
+
+// y = x W^T for decode steps: x (..., K) float32, blocks (N, K / 32 * block bytes); each row alike in any batch.
+at::Tensor block_linear(const at::Tensor& x_in, const at::Tensor& blocks, int64_t kind) {
   TORCH_CHECK(x_in.scalar_type() == at::kFloat, "block_linear: x must be float32");
-  const int64_t K = x_in.size(-1), N = blocks.size(0), nb = K / kBlock;
-  const int64_t block_bytes = kind == 0 ? kQ4_1Bytes : kQ8_0Bytes;
-  TORCH_CHECK(K % kBlock == 0 && blocks.size(1) == nb * block_bytes, "block_linear: x has ", K,
-              " features, the blocks hold ", blocks.size(1) / block_bytes * kBlock);
+  const int64_t K = x_in.size(-1), N = blocks.size(0), nb = blocks_per_row(blocks, kind, K);
   const at::Tensor x = x_in.reshape({-1, K}).contiguous();
   const int64_t M = x.size(0);
   std::vector<int64_t> out_shape(x_in.sizes().begin(), x_in.sizes().end());
@@ -154,8 +175,50 @@ at::Tensor block_linear(const at::Tensor& x_in, const at::Tensor& blocks, int64_
   return y.view(out_shape);
 }
 
+// y = x W^T for many positions at once (a prompt): each chunk of kChunk weight rows is dequantized and multiplied
+// by one single-threaded matrix product, so the bits depend neither on the thread count nor on how chunks are shared.
+at::Tensor block_matmul(const at::Tensor& x_in, const at::Tensor& blocks, int64_t kind) {
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat, "block_matmul: x must be float32");
+  const int64_t K = x_in.size(-1), N = blocks.size(0), nb = blocks_per_row(blocks, kind, K);
+  const at::Tensor x = x_in.reshape({-1, K}).contiguous();
+  std::vector<int64_t> out_shape(x_in.sizes().begin(), x_in.sizes().end());
+  out_shape.back() = N;
+  at::Tensor y = at::empty({x.size(0), N}, x.options());
+  if (y.numel() == 0) return y.view(out_shape);
+  const uint8_t* wp = blocks.data_ptr<uint8_t>();
+  at::parallel_for(0, (N + kChunk - 1) / kChunk, 1, [&](int64_t c0, int64_t c1) {
+    c10::InferenceMode guard;  // the caller's mode does not reach the pool's threads; nothing here is differentiated
+    at::Tensor w = at::empty({kChunk, K}, x.options());
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t n0 = c * kChunk, n1 = std::min(N, n0 + kChunk);
+      dequantize_rows(wp, kind, nb, n0, n1, w.data_ptr<float>());
+      at::Tensor out = y.narrow(1, n0, n1 - n0);
+      at::mm_out(out, x, w.narrow(0, 0, n1 - n0).t());
+    }
+  });
+  return y.view(out_shape);
+}
+
+// The weight as float32 (N, in_features): exactly the values the products use.
+at::Tensor block_dequantize(const at::Tensor& blocks, int64_t kind, int64_t in_features) {
+  const int64_t nb = blocks_per_row(blocks, kind, in_features), N = blocks.size(0);
+  at::Tensor w = at::empty({N, in_features}, at::kFloat);
+  const uint8_t* wp = blocks.data_ptr<uint8_t>();
+  float* out = w.data_ptr<float>();
+  at::parallel_for(0, N, 64, [&](int64_t n0, int64_t n1) { dequantize_rows(wp, kind, nb, n0, n1, out + n0 * in_features); });
+  return w;
+}
+
 }  // namespace
 
-TORCH_LIBRARY(llmsite, m) { m.def("block_linear(Tensor x, Tensor blocks, int kind) -> Tensor"); }
+TORCH_LIBRARY(llmsite, m) {
+  m.def("block_linear(Tensor x, Tensor blocks, int kind) -> Tensor");
+  m.def("block_matmul(Tensor x, Tensor blocks, int kind) -> Tensor");
+  m.def("block_dequantize(Tensor blocks, int kind, int in_features) -> Tensor");
+}
 
-TORCH_LIBRARY_IMPL(llmsite, CPU, m) { m.impl("block_linear", block_linear); }
+TORCH_LIBRARY_IMPL(llmsite, CPU, m) {
+  m.impl("block_linear", block_linear);
+  m.impl("block_matmul", block_matmul);
+  m.impl("block_dequantize", block_dequantize);
+}
