@@ -176,6 +176,8 @@ def _run_bench(
         aggregate: dict[str, float] = {}
         aggregate_lp: dict[str, float] = {}
         for n in concurrency:
+            _aggregate_tokens_per_s(engine, prompt, SamplingParams(max_tokens=4, ignore_eos=True), n)  # warm-up
+            engine.decoder.wait()  # the recording of this batch size, as a worker that served such batches has it
             samples, samples_lp = [], []
             for _ in range(runs):
                 samples.append(_aggregate_tokens_per_s(engine, prompt, decode, n))

@@ -41,7 +41,7 @@ from .checkpoint import LoadedCheckpoint
 from .model import KVCache, Step
 from .sampling import SamplingParams, TokenLogprob, make_generator, sample, token_logprobs
 from .threads import ThreadGovernor
-from .traced import DEFAULT_BATCH_SIZES, TracedDecode
+from .traced import TracedDecode, default_batch_sizes
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +131,12 @@ class Engine:
         kv_cache_dtype: torch.dtype | None = None,
         eos_token_ids: Iterable[int] | None = None,
         governor: ThreadGovernor | None = None,
-        recorded_batch_sizes: frozenset[int] = DEFAULT_BATCH_SIZES,
+        recorded_batch_sizes: frozenset[int] | None = None,
     ) -> None:
         """`eos_token_ids` end a request (default: the checkpoint tokenizer's). A `governor` resizes torch's
         thread team between steps as other work on the host comes and goes (threads.ThreadGovernor). Decode
-        steps of `recorded_batch_sizes` rows run as recorded graphs once recorded (traced.py; on CPU)."""
+        steps of `recorded_batch_sizes` rows (default: traced.default_batch_sizes) run as recorded graphs once recorded
+        (traced.py; on CPU)."""
         self.checkpoint = checkpoint
         self.governor = governor
         self.model = checkpoint.model
@@ -147,6 +148,8 @@ class Engine:
         if kv_cache_dtype is None:
             kv_cache_dtype = torch.float16 if self.device.type == "cpu" else self.model.tok_embeddings.weight.dtype
         self.caches = self.model.make_caches(max_batch_size, self.max_seq_len, kv_cache_dtype)
+        if recorded_batch_sizes is None:
+            recorded_batch_sizes = default_batch_sizes(self.model, max_batch_size)
         self.decoder = TracedDecode(self.model, recorded_batch_sizes if self.device.type == "cpu" else frozenset())
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._active: list[_Request] = []

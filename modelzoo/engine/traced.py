@@ -8,10 +8,11 @@ tests compare them) and a request's tokens do not depend on which of the two ran
 2 cores with SmolLM2-135M: one stream 60-69 -> 39-40 ms per step; 4 rows 72-83 -> 51-58 ms.
 
 A graph holds one batch size (the tracer records some reshapes with the batch as a constant)
-in slots 0..B-1 (`Step.first_slots`); the number of cache positions read varies freely. Each
-costs ~0.1 GB (75-115 MB measured) that torch.jit keeps for the life of the process (its
-module types and graphs), so only the batch sizes asked for are recorded: by default one
-stream, where Python's share of a step is largest. A graph is recorded in a thread of its own on scratch caches (the caches
+in slots 0..B-1 (`Step.first_slots`); the number of cache positions read varies freely. A graph
+over FBGEMM's packed products costs ~0.1 GB (75-125 MB measured) that torch.jit keeps for the life
+of the process; over products from GGUF blocks (block_linear.py) no measurable memory. So by
+default every batch size is recorded where no product is packed, and otherwise one stream,
+where Python's share of a step is largest. A graph is recorded in a thread of its own on scratch caches (the caches
 are inputs of the graph, so recording writes nothing a request reads; ~2 s) while the engine
 goes on eagerly, and is used from the step after it is ready. The thread ends with the
 recording, so no OpenMP team outlives it (threads.py).
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from .model import KVCache, Step, Transformer
+from .packed_linear import PackedFloat16Linear
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +62,12 @@ def _inputs(tokens: torch.Tensor, step: Step, read_buffer: torch.Tensor) -> tupl
     return tokens, step.positions, step.slots, step.mask, read_buffer, *buffers
 
 
-#: The batch sizes whose decode steps are recorded by default.
-DEFAULT_BATCH_SIZES = frozenset({1})
+def default_batch_sizes(model: nn.Module, max_batch_size: int) -> frozenset[int]:
+    """The batch sizes whose decode steps are recorded by default: all where no product is packed for FBGEMM,
+    otherwise one stream (module docstring)."""
+    if any(isinstance(m, PackedFloat16Linear) for m in model.modules()):
+        return frozenset({1})
+    return frozenset(range(1, max_batch_size + 1))
 
 
 class TracedDecode:
@@ -70,7 +76,7 @@ class TracedDecode:
     a shared buffer (float16 caches under float32 attention, the CPU default). `close()` waits for a
     recording under way."""
 
-    def __init__(self, model: Transformer, batch_sizes: frozenset[int] = DEFAULT_BATCH_SIZES) -> None:
+    def __init__(self, model: Transformer, batch_sizes: frozenset[int]) -> None:
         self.model = model
         self.batch_sizes = batch_sizes
         self._graphs: dict[int, torch.jit.ScriptModule] = {}

@@ -35,7 +35,11 @@ def test_it_reports_every_benchmark_figure_as_json():
     assert all(v > 0 for v in result["aggregate_tokens_per_s"].values())
     assert result["prompt_tokens"] >= 200 and result["max_tokens"] == 4 and result["runs"] == 1
     assert result["checkpoint"].endswith(".gguf") and result["device"] in ("cpu", "cuda", "cuda:0")
-    assert result["recorded_batch_sizes"] == ([1] if result["device"] == "cpu" else [])  # one stream ran recorded
+    assert result["block_linears"] == 121  # every product of the bundled Q4_1 file, from its blocks
+    if result["device"] != "cpu":
+        assert result["recorded_batch_sizes"] == []
+    else:  # graphs over block products cost no memory: every batch size that ran is recorded
+        assert {1, 4, 16} <= set(result["recorded_batch_sizes"]) <= set(range(1, 17))
 
 
 def test_it_says_when_the_other_engines_are_missing(monkeypatch, tiny):
