@@ -97,6 +97,12 @@ class KVCache(nn.Module):
         cache.read_buffer = read_buffer
         return cache
 
+    def write(self, slots: torch.Tensor, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Write k/v (B, K, T, hd) at (slot, position) per row."""
+        # slots (B, 1) and positions (B, T) broadcast to (B, T); advanced indexing puts them first: (B, T, K, hd)
+        self.k[slots[:, None], :, positions] = k.transpose(1, 2).to(self.k.dtype)
+        self.v[slots[:, None], :, positions] = v.transpose(1, 2).to(self.v.dtype)
+
     def update(
         self, slots: torch.Tensor, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: int,
         first_slots: bool = False, dtype: torch.dtype | None = None,
@@ -105,9 +111,7 @@ class KVCache(nn.Module):
         cached positions (B, K, length, hd), in `dtype` (default: k's).
 
         `first_slots` promises slots == arange(B) (the engine keeps its batch packed that way)."""
-        # slots (B, 1) and positions (B, T) broadcast to (B, T); advanced indexing puts them first: (B, T, K, hd)
-        self.k[slots[:, None], :, positions] = k.transpose(1, 2).to(self.k.dtype)
-        self.v[slots[:, None], :, positions] = v.transpose(1, 2).to(self.v.dtype)
+        self.write(slots, positions, k, v)
         B = slots.shape[0]
         if first_slots:  # rows are slots 0..B-1 in order: a view
             k_rows, v_rows = self.k[:B, :, :length], self.v[:B, :, :length]
@@ -140,6 +144,7 @@ class Step:
     caches: list[KVCache]  # one per layer, (slots, K, max_seq_len, hd) each for k and v
     logit_index: torch.Tensor | None = None  # (B,) long: the one position per row whose logits are wanted
     first_slots: bool = False  # promises slots == arange(B): cache rows are read as a view, not gathered
+    lengths: torch.Tensor | None = None  # (B,) long: set in a decode step that attends in place (attention_kernel)
 
     @property
     def length(self) -> int:
@@ -202,6 +207,10 @@ class Attention(nn.Module):
         if step is None or cache is None:
             k, v = k.to(dtype), v.to(dtype)
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)  # no cache: plain causal
+        elif step.lengths is not None:  # a decode step read from the float16 cache in place (Transformer.forward)
+            cache.write(step.slots, step.positions, k, v)
+            y = torch.ops.llmsite.decode_attention(q[:, :, 0], cache.k, cache.v, step.slots, step.lengths,
+                                                   cfg.head_dim**-0.5)[:, :, None]  # (B, H, 1, hd)
         else:
             k, v = cache.update(step.slots, step.positions, k, v, step.length, step.first_slots, dtype)  # (B, K, S, hd)
             if T == 1:
@@ -242,6 +251,9 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     #: Compute dtype when it differs from the weights' (float16 weights packed for float32 products).
     activation_dtype: torch.dtype | None = None
+    #: Decode steps over float16 caches on CPU attend with our kernel, reading the cache in place
+    #: (kernels/decode_attention.cpp); set by the loader where the kernels are built.
+    attention_kernel: bool = False
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -266,6 +278,11 @@ class Transformer(nn.Module):
             read_buffer = torch.empty(2, slots * cfg.n_kv_heads * max_seq_len * cfg.head_dim, dtype=read_dtype, device=p.device)
         return [KVCache(slots, cfg.n_kv_heads, max_seq_len, cfg.head_dim, dtype, p.device, read_buffer) for _ in self.layers]
 
+    def _attends_in_place(self, cache: KVCache, dtype: torch.dtype) -> bool:
+        """Whether decode steps attend with our kernel: float16 cache, float32 activations, heads of 16k values."""
+        return (self.attention_kernel and cache.k.dtype == torch.float16 and dtype == torch.float32
+                and self.cfg.head_dim % 16 == 0)
+
     def forward(self, tokens: torch.Tensor, step: Step | None = None) -> torch.Tensor:
         """tokens (B, T) -> logits (B, T, V) in float32, or (B, 1, V) at step.logit_index.
 
@@ -283,7 +300,9 @@ class Transformer(nn.Module):
             for layer in self.layers:
                 x = layer(x, cos, sin, None, None)
         else:
-            if T == 1:  # a decode step: the mask becomes decode_attention's bias, once for all layers
+            if T == 1 and self._attends_in_place(step.caches[0], x.dtype):
+                step = replace(step, lengths=step.positions[:, 0] + 1)  # each row reads its own positions, no mask
+            elif T == 1:  # a decode step: the mask becomes decode_attention's bias, once for all layers
                 bias = decode_bias(step.mask, self.cfg.n_kv_heads, self.cfg.n_rep, attention_dtype(x.dtype, x.device))
                 step = replace(step, mask=bias)  # (B * K, n_rep, S)
             for layer, cache in zip(self.layers, step.caches, strict=True):

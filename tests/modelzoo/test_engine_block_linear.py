@@ -15,6 +15,12 @@ from modelzoo.engine.block_linear import BlockLinear, fused_blocks, use_block_li
 from modelzoo.engine.packed_linear import PackedFloat16Linear
 from tests.modelzoo.gguf_factory import write_tiny_gguf
 
+
+@pytest.fixture(autouse=True)
+def built_kernels() -> None:
+    assert kernels.available()  # a C++ compiler is part of the setup (README)
+
+
 TYPES = ("Q4_1", "Q8_0")
 
 
@@ -30,10 +36,6 @@ def block_layer(ggml_type: str, **kwargs: int) -> tuple[BlockLinear, torch.Tenso
     model = torch.nn.Sequential(torch.nn.Linear(weights.shape[1], weights.shape[0], bias=False).half())
     use_block_linears(model, {"0": (ggml_type, blocks)})
     return model[0], weights
-
-
-def test_the_kernels_build_on_this_host():
-    assert kernels.available()
 
 
 @pytest.mark.parametrize("ggml_type", TYPES)

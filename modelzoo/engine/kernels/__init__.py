@@ -10,15 +10,19 @@ torch's own kernels; nothing else depends on them.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SOURCES = [Path(__file__).with_name("block_linear.cpp")]
+HERE = Path(__file__).parent
+SOURCES = [HERE / "block_linear.cpp", HERE / "decode_attention.cpp"]
 # -ffp-contract=off: the compiler may not fuse a multiply and an add on its own, which it might do in one loop
 # and not another; the kernels spell out their fused multiply-adds, so every row gets the same instructions.
-CFLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp"]
+# The header's digest is a flag so that a changed header rebuilds too (the cache is keyed by sources and flags).
+CFLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp",
+          f"-DLLMSITE_VECTOR_H={hashlib.sha256((HERE / 'vector.h').read_bytes()).hexdigest()[:16]}"]
 
 
 @functools.cache

@@ -9,16 +9,14 @@
 #include <c10/core/InferenceMode.h>
 #include <torch/library.h>
 
-#include <immintrin.h>
-
 #include <cstdint>
 #include <cstring>
 
+#include "vector.h"
+
 namespace {
 
-typedef float f32x16 __attribute__((vector_size(64)));
-typedef uint8_t u8x16 __attribute__((vector_size(16)));
-typedef int32_t i32x16 __attribute__((vector_size(64)));
+using namespace llmsite;
 
 constexpr int64_t kBlock = 32;
 constexpr int64_t kQ4_1Bytes = 20;  // float16 d, float16 m, 16 bytes of 4-bit values: w = d * q + m
@@ -31,41 +29,6 @@ inline float half_at(const uint8_t* p) {
   return static_cast<float>(h);
 }
 
-inline f32x16 load16(const float* p) {
-  f32x16 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-// The 16 lanes summed in one fixed order (a tree: four dependent additions instead of sixteen).
-inline float lane_sum(f32x16 v) {
-  float s[16];
-  std::memcpy(s, &v, 64);
-  for (int width = 8; width > 0; width /= 2)
-    for (int i = 0; i < width; ++i) s[i] += s[i + width];
-  return s[0];
-}
-
-// a * b + c rounded once where the CPU has fused multiply-add; spelled out so that every row gets the same
-// instructions (the build turns off the compiler's own contraction, which may differ between loops).
-inline f32x16 fma16(f32x16 a, f32x16 b, f32x16 c) {
-#if defined(__AVX512F__)
-  return (f32x16)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
-#elif defined(__FMA__)
-  typedef float f32x8 __attribute__((vector_size(32)));
-  f32x8 a2[2], b2[2], c2[2], r[2];
-  std::memcpy(a2, &a, 64);
-  std::memcpy(b2, &b, 64);
-  std::memcpy(c2, &c, 64);
-  for (int i = 0; i < 2; ++i) r[i] = (f32x8)_mm256_fmadd_ps((__m256)a2[i], (__m256)b2[i], (__m256)c2[i]);
-  f32x16 out;
-  std::memcpy(&out, r, 64);
-  return out;
-#else
-  return a * b + c;
-#endif
-}
-
 // Asks for the weight row kPrefetchRows rows ahead of `row` (row_bytes long): a row is computed faster than memory
 // delivers it unasked.
 constexpr int64_t kPrefetchRows = 8;
@@ -74,11 +37,6 @@ inline void prefetch_ahead(const uint8_t* row, int64_t row_bytes) {
   for (int64_t i = 0; i < row_bytes; i += 64) __builtin_prefetch(ahead + i);
 }
 
-// Bytes to float32 by way of int32 (a direct conversion is not vectorized by the compiler).
-template <typename V>
-inline f32x16 to_float(V v) {
-  return __builtin_convertvector(__builtin_convertvector(v, i32x16), f32x16);
-}
 
 // The 32 weights of one block, exactly as float32: Q4_1's d * q + m (d * q is exact, so one rounding: the bits of a
 // float32 dequantizer's or of a fused multiply-add), Q8_0's d * q (exact).
