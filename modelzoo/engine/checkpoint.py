@@ -252,7 +252,8 @@ def _load_in_a_throwaway_thread(
             block_linear.use_block_linears(model, block_linear.fused_blocks(stored, cfg))
             del stored
         packed_linear.use_packed_float16(model)
-    model.attention_kernel = dev.type == "cpu" and kernels.available()
+    if dev.type == "cpu" and kernels.available():
+        model.use_kernels()
     log.info("loaded %s (%s, %s) on %s as %s, weights %s", path.name, info.format, info.quantization, dev, dtype,
              quantization or "float")
     return LoadedCheckpoint(

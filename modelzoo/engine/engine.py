@@ -15,14 +15,15 @@ Memory: the KV cache is per layer (slots, n_kv_heads, max_seq_len, head_dim) for
 and v. By default max_seq_len is min(context length, 1024) and the cache is float16
 on CPU (bf16 on CUDA): for SmolLM2-135M with 16 slots that is at most 16 x 1024
 positions x 30 layers x 2 x 3 heads x 64 x 2 bytes = 377 MB, taken page by page as
-positions are written (model.lazy_zeros), plus one float32 buffer that attention reads
-the rows into. The weights take ~0.43 GB on CPU (FBGEMM's packed float16, which pads each
-weight's inputs to a multiple of 512, plus the float16 embedding table; packed_linear.py)
-and torch ~0.25 GB; a recorded one-stream step (traced.py) ~0.1 GB more.
+positions are written (model.lazy_zeros), plus one float32 buffer that torch's attention
+path reads the rows into (our kernel reads the cache in place). The weights of the bundled
+Q4_1 file take ~0.17 GB on CPU as its own blocks plus the float16 embedding table
+(block_linear.py), ~0.43 GB as FBGEMM's packed float16 (packed_linear.py), and torch ~0.25
+GB; a recorded step over packed products (traced.py) ~0.1 GB more.
 
 Slots are handed out lowest first, so a batch usually occupies slots 0..B-1 and each
-layer reads its cache rows as a view (converted once into the float32 buffer) instead
-of a gather plus a copy; the decode step profile showed the gather at ~9% of a step.
+layer reads its cache rows as a view instead of a gather plus a copy; the decode step
+profile showed the gather at ~9% of a step.
 """
 
 from __future__ import annotations

@@ -25,6 +25,9 @@ from .config import ModelConfig
 
 
 class RMSNorm(nn.Module):
+    #: float32 rows are normalized by our kernel (kernels/rms_norm.cpp; Transformer.use_kernels).
+    kernel: bool = False
+
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.eps = eps
@@ -32,6 +35,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            if self.kernel:
+                return torch.ops.llmsite.rms_norm(x, self.weight, self.eps)
             return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # one fused op instead of six
         # Normalize in float32 like the reference, then cast back (matters under bf16).
         xf = x.float()
@@ -252,7 +257,7 @@ class Transformer(nn.Module):
     #: Compute dtype when it differs from the weights' (float16 weights packed for float32 products).
     activation_dtype: torch.dtype | None = None
     #: Decode steps over float16 caches on CPU attend with our kernel, reading the cache in place
-    #: (kernels/decode_attention.cpp); set by the loader where the kernels are built.
+    #: (kernels/decode_attention.cpp); see use_kernels.
     attention_kernel: bool = False
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -277,6 +282,13 @@ class Transformer(nn.Module):
         if read_dtype != dtype:
             read_buffer = torch.empty(2, slots * cfg.n_kv_heads * max_seq_len * cfg.head_dim, dtype=read_dtype, device=p.device)
         return [KVCache(slots, cfg.n_kv_heads, max_seq_len, cfg.head_dim, dtype, p.device, read_buffer) for _ in self.layers]
+
+    def use_kernels(self) -> None:
+        """Attend and normalize with our CPU kernels (modelzoo/engine/kernels/; the caller checks they are built)."""
+        self.attention_kernel = True
+        for module in self.modules():
+            if isinstance(module, RMSNorm) and module.weight.shape[-1] % 16 == 0:
+                module.kernel = True
 
     def _attends_in_place(self, cache: KVCache, dtype: torch.dtype) -> bool:
         """Whether decode steps attend with our kernel: float16 cache, float32 activations, heads of 16k values."""
