@@ -35,7 +35,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
-            if self.kernel:
+            if self.kernel and not (x.requires_grad or self.weight.requires_grad):  # the kernel has no backward
                 return torch.ops.llmsite.rms_norm(x, self.weight, self.eps)
             return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # one fused op instead of six
         # Normalize in float32 like the reference, then cast back (matters under bf16).

@@ -36,3 +36,11 @@ def test_a_model_normalizes_with_the_kernel_only_where_rows_are_a_multiple_of_16
         model = Transformer(cfg)
         model.use_kernels()
         assert model.attention_kernel and {m.kernel for m in model.modules() if isinstance(m, RMSNorm)} == {expected}
+
+
+def test_rows_that_need_gradients_are_normalized_by_torchs_differentiable_op():
+    norm = RMSNorm(64, 1e-5)
+    norm.kernel = True
+    x = torch.randn(2, 64, requires_grad=True)
+    norm(x).sum().backward()  # finetuning trains through the norms
+    assert x.grad is not None and x.grad.shape == x.shape
