@@ -208,7 +208,8 @@ def load_checkpoint(
     ("int8", "int4" or None for float) then re-quantizes the Linear weights from those
     floats and swaps in the matching modules (see quantize.py); int4 is CPU only. In the float16 CPU default, the
     Linears whose weights a GGUF file stores as Q4_1 or Q8_0 blocks compute from those blocks (block_linear.py)
-    when `block_kernels` and our kernels build here; the others are packed for FBGEMM (packed_linear.py).
+    when `block_kernels` and our kernels are built and faster here (kernels.faster_here); the others are packed for
+    FBGEMM (packed_linear.py).
     """
     loaded = _load_in_a_throwaway_thread(path, device=device, quantization=quantization, dtype=dtype,
                                          block_kernels=block_kernels)
@@ -246,13 +247,13 @@ def _load_in_a_throwaway_thread(
     del state
     model.eval().requires_grad_(False)
     if dtype == torch.float16 and dev.type == "cpu" and packed_linear.available():
-        if info.format == "gguf" and block_kernels and kernels.available():
+        if info.format == "gguf" and block_kernels and kernels.faster_here() and kernels.available():
             stored = gguf_format.read_blocks(file, block_linear.KINDS, arch=cfg.arch, n_heads=cfg.n_heads,
                                              n_kv_heads=cfg.n_kv_heads)
             block_linear.use_block_linears(model, block_linear.fused_blocks(stored, cfg))
             del stored
         packed_linear.use_packed_float16(model)
-    if dev.type == "cpu" and kernels.available():
+    if dev.type == "cpu" and kernels.faster_here() and kernels.available():
         model.use_kernels()
     log.info("loaded %s (%s, %s) on %s as %s, weights %s", path.name, info.format, info.quantization, dev, dtype,
              quantization or "float")

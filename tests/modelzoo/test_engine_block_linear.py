@@ -102,7 +102,8 @@ def test_blocks_of_a_fused_weight_are_fused_only_when_every_part_has_the_kernels
     assert fused["output"][0] == "Q8_0" and cfg.tie_embeddings
 
 
-def test_a_gguf_serves_its_q4_1_and_q8_0_weights_from_their_blocks_and_packs_the_rest(tmp_path):
+def test_a_gguf_serves_its_q4_1_and_q8_0_weights_from_their_blocks_and_packs_the_rest(tmp_path, monkeypatch):
+    monkeypatch.setattr(kernels, "faster_here", lambda: True)  # as on an AVX-512 host, whatever this one is
     mixed = {"ffn_gate.weight": "Q4_1", "ffn_up.weight": "Q8_0", "attn_output.weight": "Q4_0", "": "Q4_1"}
     loaded = load_checkpoint(write_tiny_gguf(tmp_path / "m.gguf", dim=64, hidden_dim=96, weight_types=mixed))
     layer = loaded.model.layers[0]
@@ -113,7 +114,8 @@ def test_a_gguf_serves_its_q4_1_and_q8_0_weights_from_their_blocks_and_packs_the
     assert type(load_checkpoint(tmp_path / "m.gguf", block_kernels=False).model.output) is PackedFloat16Linear
 
 
-def test_a_model_served_from_blocks_computes_float32_products_over_the_files_exact_weights(tmp_path):
+def test_a_model_served_from_blocks_computes_float32_products_over_the_files_exact_weights(tmp_path, monkeypatch):
+    monkeypatch.setattr(kernels, "faster_here", lambda: True)
     types = {"ffn_down.weight": "Q8_0", "token_embd.weight": "Q8_0", "": "Q4_1"}
     path = write_tiny_gguf(tmp_path / "q.gguf", dim=64, hidden_dim=96, weight_types=types)
     served, packed = load_checkpoint(path), load_checkpoint(path, block_kernels=False)
