@@ -55,7 +55,7 @@ class BlockLinear(nn.Linear):
         alike in any batch; a prompt (T > 1, prefilled alone) runs dequantized chunks through torch's matrix
         product, 2-3x faster than the kernel for a few hundred positions, its bits independent of the threads."""
         product = torch.ops.llmsite.block_matmul if x.dim() == 3 and x.shape[1] > 1 else torch.ops.llmsite.block_linear
-        y = product(x.float(), self.blocks, self.kind)
+        y = product(x if x.dtype == torch.float32 else x.float(), self.blocks, self.kind)  # (a recorded step: no op)
         return y if self.bias is None else y + self.bias
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:

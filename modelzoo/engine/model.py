@@ -149,7 +149,7 @@ class Step:
     caches: list[KVCache]  # one per layer, (slots, K, max_seq_len, hd) each for k and v
     logit_index: torch.Tensor | None = None  # (B,) long: the one position per row whose logits are wanted
     first_slots: bool = False  # promises slots == arange(B): cache rows are read as a view, not gathered
-    lengths: torch.Tensor | None = None  # (B,) long: set in a decode step that attends in place (attention_kernel)
+    in_place: bool = False  # a decode step attends from the float16 cache by our kernel (Transformer.attention_kernel)
 
     @property
     def length(self) -> int:
@@ -201,7 +201,11 @@ class Attention(nn.Module):
         cfg = self.cfg
         B, T, _ = x.shape
         H, K = cfg.n_heads, cfg.n_kv_heads
-        qkv = self.wqkv(x).view(B, T, H + 2 * K, cfg.head_dim)  # heads: H query, K key, K value
+        qkv = self.wqkv(x)
+        if step is not None and cache is not None and step.in_place:  # rotate, write the cache, attend: one call
+            return self.wo(torch.ops.llmsite.decode_attention(qkv, cos, sin, cache.k, cache.v, step.slots,
+                                                              step.positions, cfg.head_dim**-0.5))  # (B, 1, H*hd)
+        qkv = qkv.view(B, T, H + 2 * K, cfg.head_dim)  # heads: H query, K key, K value
         qk = apply_rope(qkv[:, :, : H + K], cos, sin)  # q and k heads rotated in one go
         q = qk[:, :, :H].transpose(1, 2)  # (B, H, T, hd)
         k = qk[:, :, H:].transpose(1, 2)  # (B, K, T, hd)
@@ -212,10 +216,6 @@ class Attention(nn.Module):
         if step is None or cache is None:
             k, v = k.to(dtype), v.to(dtype)
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)  # no cache: plain causal
-        elif step.lengths is not None:  # a decode step read from the float16 cache in place (Transformer.forward)
-            cache.write(step.slots, step.positions, k, v)
-            y = torch.ops.llmsite.decode_attention(q[:, :, 0], cache.k, cache.v, step.slots, step.lengths,
-                                                   cfg.head_dim**-0.5)[:, :, None]  # (B, H, 1, hd)
         else:
             k, v = cache.update(step.slots, step.positions, k, v, step.length, step.first_slots, dtype)  # (B, K, S, hd)
             if T == 1:
@@ -227,6 +227,9 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
+    #: float32 gates by our kernel (kernels/silu_mul.cpp; Transformer.use_kernels).
+    kernel: bool = False
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.hidden_dim = cfg.hidden_dim
@@ -234,7 +237,10 @@ class FeedForward(nn.Module):
         self.w2 = nn.Linear(cfg.hidden_dim, cfg.dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.w13(x).split(self.hidden_dim, dim=-1)  # (B, T, F) each
+        gate_up = self.w13(x)  # (B, T, 2F)
+        if self.kernel and gate_up.dtype == torch.float32 and not gate_up.requires_grad:  # the kernel has no backward
+            return self.w2(torch.ops.llmsite.silu_mul(gate_up))
+        gate, up = gate_up.split(self.hidden_dim, dim=-1)  # (B, T, F) each
         return self.w2(F.silu(gate) * up)
 
 
@@ -284,10 +290,12 @@ class Transformer(nn.Module):
         return [KVCache(slots, cfg.n_kv_heads, max_seq_len, cfg.head_dim, dtype, p.device, read_buffer) for _ in self.layers]
 
     def use_kernels(self) -> None:
-        """Attend and normalize with our CPU kernels (modelzoo/engine/kernels/; the caller checks they are built)."""
+        """Attend, normalize and gate with our CPU kernels (modelzoo/engine/kernels/; the caller checks they are built)."""
         self.attention_kernel = True
         for module in self.modules():
             if isinstance(module, RMSNorm) and module.weight.shape[-1] % 16 == 0:
+                module.kernel = True
+            if isinstance(module, FeedForward) and module.hidden_dim % 16 == 0:
                 module.kernel = True
 
     def _attends_in_place(self, cache: KVCache, dtype: torch.dtype) -> bool:
@@ -313,7 +321,7 @@ class Transformer(nn.Module):
                 x = layer(x, cos, sin, None, None)
         else:
             if T == 1 and self._attends_in_place(step.caches[0], x.dtype):
-                step = replace(step, lengths=step.positions[:, 0] + 1)  # each row reads its own positions, no mask
+                step = replace(step, in_place=True)  # each row reads its own positions, no mask
             elif T == 1:  # a decode step: the mask becomes decode_attention's bias, once for all layers
                 bias = decode_bias(step.mask, self.cfg.n_kv_heads, self.cfg.n_rep, attention_dtype(x.dtype, x.device))
                 step = replace(step, mask=bias)  # (B * K, n_rep, S)

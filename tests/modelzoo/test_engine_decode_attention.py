@@ -1,6 +1,6 @@
-"""Decode attention read in place from the float16 cache (our C++ kernel): softmax attention over each row's own
-positions, the same bits for a row alone, beside other rows and on any number of threads, and a model's decode step
-with it matching the step that converts the cache rows for torch's products."""
+"""Decode attention read in place from the float16 cache (our C++ kernel): each row's key and value rotated and
+written as torch writes them, softmax attention over the row's own positions, the same bits for a row alone, beside
+other rows and on any number of threads, and a model's decode step with it matching torch's operations."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 
 from modelzoo.engine import kernels, load_checkpoint
 from modelzoo.engine.engine import decode_step, prefill_step
+from modelzoo.engine.model import apply_rope, rope_cos_sin
 from tests.modelzoo.gguf_factory import write_tiny_gguf
 
 
@@ -26,39 +27,60 @@ def caches() -> tuple[torch.Tensor, torch.Tensor]:
     return k, torch.randn(SLOTS, K, POSITIONS, HD, generator=generator).half()
 
 
-def attend(q, k, v, slots, lengths):
-    return torch.ops.llmsite.decode_attention(q, k, v, torch.tensor(slots), torch.tensor(lengths), HD**-0.5)
+def rope(positions):
+    cos, sin = rope_cos_sin(torch.tensor(positions)[:, None], HD, 10000.0, torch.float32)
+    return cos.view(len(positions), HD), sin.view(len(positions), HD)
 
 
-def test_each_query_head_attends_softly_over_its_rows_positions_of_its_key_value_head():
+def attend(qkv, k, v, slots, positions, cos_sin=None):
+    cos, sin = cos_sin or rope(positions)
+    return torch.ops.llmsite.decode_attention(qkv, cos, sin, k, v, torch.tensor(slots), torch.tensor(positions),
+                                              HD**-0.5).view(len(slots), H, HD)
+
+
+def test_each_row_rotates_writes_its_key_and_value_and_attends_over_its_positions():
     k, v = caches()
-    q = torch.randn(3, H, HD) * 3
-    slots, lengths = [4, 0, 2], [1, 70, 96]
-    y = attend(q, k, v, slots, lengths)
+    before_k, before_v = k.clone(), v.clone()
+    qkv = torch.randn(3, (H + 2 * K) * HD) * 3
+    slots, positions = [4, 0, 2], [0, 69, 95]
+    cos, sin = rope(positions)
+    y = attend(qkv, k, v, slots, positions, (cos, sin))
     assert y.shape == (3, H, HD) and y.dtype == torch.float32
-    for row, (slot, n) in enumerate(zip(slots, lengths, strict=True)):
-        keys = k[slot, :, :n].double().repeat_interleave(H // K, 0)  # (H, n, hd): head h reads head h // 3
-        values = v[slot, :, :n].double().repeat_interleave(H // K, 0)
-        weights = torch.softmax(q[row].double()[:, None] @ keys.transpose(1, 2) * HD**-0.5, -1)
+    heads = qkv.view(3, 1, H + 2 * K, HD)
+    rotated = apply_rope(heads[:, :, : H + K], cos[:, None, None], sin[:, None, None])[:, 0]  # torch's rotation
+    written = torch.zeros(SLOTS, POSITIONS, dtype=torch.bool)
+    for row, (slot, n) in enumerate(zip(slots, positions, strict=True)):
+        assert torch.equal(k[slot, :, n], rotated[row, H:].half())  # the bits .to(float16) gives
+        assert torch.equal(v[slot, :, n], heads[row, 0, H + K :].half())
+        written[slot, n] = True
+        keys = k[slot, :, : n + 1].double().repeat_interleave(H // K, 0)  # (H, n + 1, hd): head h reads head h // 3
+        values = v[slot, :, : n + 1].double().repeat_interleave(H // K, 0)
+        weights = torch.softmax(rotated[row, :H].double()[:, None] @ keys.transpose(1, 2) * HD**-0.5, -1)
         assert (y[row].double() - (weights @ values)[:, 0]).abs().max() < 1e-5
+    untouched = ~written[:, None, :, None].expand_as(k)
+    assert torch.equal(k[untouched], before_k[untouched]) and torch.equal(v[untouched], before_v[untouched])
 
 
 def test_a_rows_bits_do_not_depend_on_its_neighbours_or_the_thread_count():
-    k, v = caches()
-    q = torch.randn(5, H, HD)
-    slots, lengths = [0, 1, 2, 3, 5], [9, 96, 1, 33, 64]
+    qkv = torch.randn(5, (H + 2 * K) * HD)
+    slots, positions = [0, 1, 2, 3, 5], [8, 95, 0, 32, 63]
     threads = torch.get_num_threads()
     try:
         results = []
         for n in (1, 2, 3):
             torch.set_num_threads(n)
-            results.append(attend(q, k, v, slots, lengths))
+            results.append(attend(qkv, *caches(), slots, positions))
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(results[0], r) for r in results[1:])
     for row in range(5):
-        alone = attend(q[row : row + 1], k, v, slots[row : row + 1], lengths[row : row + 1])
+        alone = attend(qkv[row : row + 1], *caches(), slots[row : row + 1], positions[row : row + 1])
         assert torch.equal(alone[0], results[0][row])
+
+
+def test_a_position_outside_the_cache_is_refused():
+    with pytest.raises(RuntimeError, match="writes slot 0 at position 96"):
+        attend(torch.zeros(1, (H + 2 * K) * HD), *caches(), [0], [POSITIONS])
 
 
 def test_a_decode_step_attending_in_place_matches_the_step_over_converted_rows(tmp_path, monkeypatch):

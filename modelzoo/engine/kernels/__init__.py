@@ -17,7 +17,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
-SOURCES = [HERE / "block_linear.cpp", HERE / "decode_attention.cpp", HERE / "rms_norm.cpp"]
+SOURCES = [HERE / name for name in ("block_linear.cpp", "decode_attention.cpp", "rms_norm.cpp", "silu_mul.cpp")]
 # -ffp-contract=off: the compiler may not fuse a multiply and an add on its own, which it might do in one loop
 # and not another; the kernels spell out their fused multiply-adds, so every row gets the same instructions.
 # The header's digest is a flag so that a changed header rebuilds too (the cache is keyed by sources and flags).

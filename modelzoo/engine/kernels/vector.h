@@ -75,4 +75,26 @@ inline f32x16 to_float(V v) {
   return __builtin_convertvector(__builtin_convertvector(v, i32x16), f32x16);
 }
 
+// e^x to ~1 ulp, for x clamped to [-87, 88] (e^-87 ~ 1.6e-38, not 0; e^88 ~ 1.7e38, not infinity): x = n ln2 + r,
+// |r| <= ln2 / 2, e^r by its Taylor polynomial of degree 7, times 2^n built in the exponent bits.
+inline f32x16 exp16(f32x16 x) {
+  x = x < -87.0f ? f32x16{} - 87.0f : x;
+  x = x > 88.0f ? f32x16{} + 88.0f : x;
+  const f32x16 magic = f32x16{} + 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to an integer
+  const f32x16 n = (x * 1.44269504f + magic) - magic;
+  const f32x16 r = (x - n * 0.693145752f) - n * 1.42860677e-6f;  // ln 2 in two parts: n * hi is exact
+  f32x16 p = f32x16{} + 1.98412698e-4f;  // 1/5040
+  p = fma16(p, r, f32x16{} + 1.38888889e-3f);
+  p = fma16(p, r, f32x16{} + 8.33333333e-3f);
+  p = fma16(p, r, f32x16{} + 4.16666667e-2f);
+  p = fma16(p, r, f32x16{} + 1.66666667e-1f);
+  p = fma16(p, r, f32x16{} + 0.5f);
+  p = fma16(p, r, f32x16{} + 1.0f);
+  p = fma16(p, r, f32x16{} + 1.0f);
+  const i32x16 bits = (__builtin_convertvector(n, i32x16) + 127) << 23;
+  f32x16 scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
 }  // namespace llmsite
