@@ -52,7 +52,7 @@ class BlockLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, T, in) -> (B, T, out) float32. Decode steps (T = 1) run the block kernel, which computes each row
-        alike in any batch; a prompt (T > 1, prefilled alone) runs dequantized chunks through torch's matrix
+        alike in any batch; a prompt (T > 1, prefilled alone) runs dequantized chunks through oneDNN's float32 matrix
         product, 2-3x faster than the kernel for a few hundred positions, its bits independent of the threads."""
         product = torch.ops.llmsite.block_matmul if x.dim() == 3 and x.shape[1] > 1 else torch.ops.llmsite.block_linear
         y = product(x if x.dtype == torch.float32 else x.float(), self.blocks, self.kind)  # (a recorded step: no op)
