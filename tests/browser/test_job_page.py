@@ -165,7 +165,7 @@ def test_the_waiting_notice_gives_way_to_the_first_token_and_the_counters_move(w
         violations = watch_violations(page)
         sign_in(page, web.url)
         job = services.job_create(owner=owner, task="qa", prompt="Tell me a long story about a brave dragon.",
-                                  checkpoint=checkpoint, max_tokens=72, temperature=0.0)
+                                  checkpoint=checkpoint, max_tokens=512, temperature=0.0)
         response = page.goto(f"{web.url}/jobs/{job.pk}/")
         assert 'id="job-waiting" data-part="waiting" class="waiting">Waiting for the model' in response.text()
 

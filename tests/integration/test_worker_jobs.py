@@ -41,12 +41,16 @@ def test_it_runs_a_job_of_each_task_to_success(worker, owner_client, checkpoint,
 
 
 def test_it_redelivers_a_job_whose_worker_was_killed_mid_job(worker, owner_client, checkpoint, wait_for_job):
+    # Greedy, this prompt makes the bundled model repeat itself to the limit: 1,024 tokens, seconds of work at
+    # any speed (the partial output is written every second; a job of under a second is never seen mid-way).
     job_id = submit(owner_client, {
-        "task": "code", "language": "python", "max_tokens": 96,
+        "task": "code", "language": "python", "max_tokens": 1024, "temperature": 0,
         "prompt": "Write a Python class for a linked list with methods to insert, delete, search, reverse "
                   "and print, each with a docstring, and a short example of using it.",
     })
-    running = wait_for_job(job_id, until=lambda job: job.status == Job.Status.RUNNING and job.output)
+    running = wait_for_job(job_id, until=lambda job: job.is_finished or (job.status == Job.Status.RUNNING
+                                                                           and job.output))
+    assert running.status == Job.Status.RUNNING, ("finished before it could be killed", running.completion_tokens)
     assert running.attempts == 1
 
     worker.kill()
