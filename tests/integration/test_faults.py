@@ -95,9 +95,9 @@ def test_jobs_survive_the_database_dropping_its_connections(workers, owner, chec
     if connection.vendor != "postgresql":
         pytest.skip("needs PostgreSQL: run with DATABASE_URL=postgres://... (make test does when one answers)")
     worker = workers("worker1")
-    jobs = [create(owner, checkpoint, max_tokens=48) for _ in range(2)]
-    wait_until(lambda: Job.objects.filter(pk=jobs[0].pk).exclude(output="").exists(), timeout_s=120,
-               what="streaming")
+    jobs = [create(owner, checkpoint, max_tokens=384) for _ in range(2)]  # seconds of work: cut mid-job
+    wait_until(lambda: Job.objects.filter(pk=jobs[0].pk, status=Job.Status.RUNNING).exclude(output="").exists(),
+               timeout_s=120, what="streaming")
     with connection.cursor() as cursor:  # every other session of this database: the worker's, mid-job
         cursor.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                        "WHERE datname = current_database() AND pid <> pg_backend_pid()")
